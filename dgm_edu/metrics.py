@@ -96,3 +96,190 @@ def nearest_neighbours(
     r = reference.flatten(1).float()
     dist, idx = torch.cdist(q, r).min(dim=1)
     return dist, idx
+
+
+# --------------------------------------------------------------------------- sample quality
+# Models without a likelihood (GANs) are judged by comparing their samples with real images in the
+# feature space of one fixed network, ``dgm_edu.features.load_feature_net()`` (a digits classifier
+# trained on the train split). All the functions below take RAW digits, (N, 1, 8, 8) int levels
+# 0..16, and run the feature network on the CPU. ``feature_net`` swaps in another module with
+# ``features(x) -> (N, F)`` and ``num_features`` (the tests use an identity to check closed forms).
+#
+# Every score has a floor: two independent samples of the data are not identical, so even a perfect
+# model scores above 0. Report :func:`fid_floor` (train split against test split) beside every FID,
+# and compare models at the same sample sizes (1000 samples against the 447 test images, as the
+# floor uses the 1000 train images).
+
+
+class _Features(nn.Module):
+    """Adapter for torchmetrics: ``forward`` returns the feature net's ``features`` as float32."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.num_features = int(net.num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x).float()  # (N, F)
+
+
+def _feature_net(feature_net: nn.Module | None) -> nn.Module:
+    if feature_net is not None:
+        return feature_net
+    from dgm_edu.features import load_feature_net  # lazy: nothing loads at import time
+
+    return load_feature_net()
+
+
+def _batches(x: torch.Tensor, batch_size: int = 1024):
+    for i in range(0, len(x), batch_size):
+        yield x[i : i + batch_size].cpu()
+
+
+@torch.no_grad()
+def digit_features(images: torch.Tensor, feature_net: nn.Module | None = None) -> torch.Tensor:
+    """The feature-net features of raw digits: ``(N, 1, 8, 8)`` -> ``(N, F)`` float32 on the CPU."""
+    net = _feature_net(feature_net)
+    return torch.cat([net.features(b).float() for b in _batches(images)])
+
+
+def _need(samples: torch.Tensor, reference: torch.Tensor, at_least: int, what: str) -> None:
+    if len(samples) < at_least or len(reference) < at_least:
+        raise ValueError(
+            f"{what} needs at least {at_least} samples and reference images, got "
+            f"{len(samples)} and {len(reference)}"
+        )
+
+
+@torch.no_grad()
+def fid(
+    samples: torch.Tensor, reference: torch.Tensor, feature_net: nn.Module | None = None
+) -> float:
+    r"""Fréchet distance between Gaussians fitted to the features of two image sets (FID).
+
+    .. math:: \mathrm{FID} = \lVert\mu_s-\mu_r\rVert^2
+              + \mathrm{Tr}\bigl(\Sigma_s+\Sigma_r-2(\Sigma_s\Sigma_r)^{1/2}\bigr)
+
+    Computed by torchmetrics' ``FrechetInceptionDistance`` with the digits feature network in
+    place of Inception. Lower is better; 0 only for identical feature statistics. FID is biased
+    upwards at small sample sizes, so compare scores computed with equal sizes.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    _need(samples, reference, 2, "fid")
+    metric = FrechetInceptionDistance(feature=_Features(_feature_net(feature_net)))
+    for b in _batches(reference):
+        metric.update(b, real=True)
+    for b in _batches(samples):
+        metric.update(b, real=False)
+    return max(float(metric.compute()), 0.0)  # round-off can give -1e-6 for identical sets
+
+
+@torch.no_grad()
+def kid(
+    samples: torch.Tensor,
+    reference: torch.Tensor,
+    subset_size: int = 100,
+    subsets: int = 100,
+    feature_net: nn.Module | None = None,
+    seed: int = 0,
+) -> tuple[float, float]:
+    r"""Kernel Inception Distance: unbiased MMD^2 with the kernel k(a,b) = (a^T b / F + 1)^3.
+
+    Averaged over ``subsets`` random subsets of ``subset_size`` from each set (torchmetrics'
+    ``KernelInceptionDistance``); returns ``(mean, std)``. Unlike FID it is unbiased, so it can be
+    slightly negative when the two sets come from the same distribution. ``seed`` fixes the subsets
+    without touching the global random state.
+    """
+    import warnings
+
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    _need(samples, reference, subset_size, f"kid with subset_size={subset_size}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchmetrics warns that it keeps all features in memory
+        metric = KernelInceptionDistance(
+            feature=_Features(_feature_net(feature_net)), subsets=subsets, subset_size=subset_size
+        )
+    for b in _batches(reference):
+        metric.update(b, real=True)
+    for b in _batches(samples):
+        metric.update(b, real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each point ``(N, F)`` to its k-th nearest *other* point: ``(N,)``."""
+    if not 1 <= k < len(features):
+        raise ValueError(f"k must be in 1..N-1 = {len(features) - 1}, got {k}")
+    d = torch.cdist(features.double(), features.double())  # (N, N), zero diagonal
+    return d.kthvalue(k + 1, dim=1).values  # the 1st smallest is the point itself
+
+
+def in_manifold(queries: torch.Tensor, support: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Which queries ``(M, F)`` lie in the k-NN manifold of ``support`` ``(N, F)``: ``(M,)`` bool.
+
+    The manifold is the union of balls around each support point whose radius is the distance to
+    its k-th nearest support neighbour: :math:`q \in \bigcup_j B(s_j, r_k(s_j))`.
+    """
+    radii = knn_radii(support, k)  # (N,)
+    d = torch.cdist(queries.double(), support.double())  # (M, N)
+    return (d <= radii[None, :]).any(dim=1)
+
+
+@torch.no_grad()
+def precision_recall(
+    samples: torch.Tensor,
+    reference: torch.Tensor,
+    k: int = 3,
+    feature_net: nn.Module | None = None,
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al., 2019) in feature space.
+
+    Precision: the fraction of samples inside the k-NN manifold of the reference (are samples
+    realistic?). Recall: the fraction of reference images inside the k-NN manifold of the samples
+    (is all of the data covered?). Mode collapse keeps precision high and drops recall.
+    """
+    _need(samples, reference, k + 1, f"precision_recall with k={k}")
+    net = _feature_net(feature_net)
+    fs, fr = digit_features(samples, net), digit_features(reference, net)
+    precision = in_manifold(fs, fr, k).double().mean()
+    recall = in_manifold(fr, fs, k).double().mean()
+    return float(precision), float(recall)
+
+
+@torch.no_grad()
+def class_histogram(samples: torch.Tensor, feature_net: nn.Module | None = None) -> torch.Tensor:
+    """Fraction of ``samples`` that the feature net classifies as each digit: ``(10,)``, sums to 1.
+
+    A model that covers every class gives about 0.1 each; a collapsed one piles up on a few.
+    """
+    net = _feature_net(feature_net)
+    labels = torch.cat([net.classify(b) for b in _batches(samples)])
+    return torch.bincount(labels, minlength=10).float() / len(labels)
+
+
+def fid_floor(split: str = "train", reference_split: str = "test") -> float:
+    """FID of one data split against another (default: the 1000 train images against the 447
+    test images): the best score a model's 1000 samples can hope for against the test split."""
+    from dgm_edu.data import load_digits
+
+    return fid(load_digits(split)[0], load_digits(reference_split)[0])
+
+
+def sample_quality(
+    samples: torch.Tensor, reference: torch.Tensor, feature_net: nn.Module | None = None
+) -> dict[str, float]:
+    """FID, KID (mean, std), precision and recall of ``samples`` against ``reference`` at once."""
+    kid_mean, kid_std = kid(samples, reference, feature_net=feature_net)
+    precision, recall = precision_recall(samples, reference, feature_net=feature_net)
+    return {
+        "fid": fid(samples, reference, feature_net),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "precision": precision,
+        "recall": recall,
+    }
