@@ -18,9 +18,9 @@ The variational bound (Ho et al. 2020, eq. 5) on the DISCRETE digits, in nats, i
 
 with the reverse variance fixed to the posterior variance, and L_0 = -log of a discretized Gaussian
 (Ho et al. 2020, eq. 13) at t = 1, so the number is a bound on the 17-level data, not a density.
-Since w_t is about half the step in log-SNR, the bound is uniform in log-SNR over ||eps - epshat||^2
-(Kingma et al. 2021): we sample t with probability w_t / W and weight by W = sum_t w_t, which is both
-the training loss and a low-variance, unbiased estimator of the sum.
+Since w_t is about half the step in log-SNR, the bound is uniform in log-SNR over
+||eps - epshat||^2 (Kingma et al. 2021): we sample t with probability w_t / W and weight by
+W = sum_t w_t, which is both the training loss and a low-variance, unbiased estimator of the sum.
 
 - :func:`linear_schedule`, :func:`cosine_schedule`; :class:`UNet` (8x8 digits), :class:`MLP` (2D).
 - :class:`Diffusion`: ``loss``, ``sample`` (ancestral), ``ddim_sample`` (any step count, eta),
@@ -54,7 +54,7 @@ def linear_schedule(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -
 
 
 def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
-    """abar_t = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2), betas clipped (Nichol & Dhariwal)."""
+    """abar_t = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2), betas clipped (Nichol 2021)."""
     f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
     betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
@@ -62,7 +62,7 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
 
 # --------------------------------------------------------------------------- networks
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal features of t in [0, 1] (scaled by 1000 as in the Transformer), (B,) -> (B, dim)."""
+    """Sinusoidal features of t in [0, 1] (scaled by 1000), (B,) -> (B, dim)."""
     freqs = torch.exp(-math.log(10_000) * torch.arange(dim // 2, device=t.device) / (dim // 2))
     angles = 1000 * t.float()[:, None] * freqs[None]  # (B, dim/2)
     return torch.cat([angles.sin(), angles.cos()], dim=1)
@@ -257,10 +257,8 @@ class Diffusion(_Denoiser):
     def posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple:
         r"""Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7)."""
         ab, ab_prev = self._bcast(self.abar, t), self._bcast(self.abar, t - 1)
-        beta = self._bcast(
-            self.beta, t
-        )  # beta_t = 1 - abar_t / abar_{t-1}, kept in float64 till here
-        # mu = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t)(1 - abar_{t-1})/(1 - abar_t) x_t
+        beta = self._bcast(self.beta, t)  # 1 - abar_t / abar_{t-1}, computed in float64
+        # mu = [sqrt(abar_{t-1}) beta_t x_0 + sqrt(alpha_t) (1 - abar_{t-1}) x_t] / (1 - abar_t)
         mean = (ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_prev) * xt) / (1 - ab)
         return mean, beta * (1 - ab_prev) / (1 - ab)
 
@@ -315,7 +313,7 @@ class Diffusion(_Denoiser):
         return 0.5 * (mean2 + var - 1 - var.log()).flatten(1).sum(1)
 
     def decoder_term(self, x0: torch.Tensor, y=None) -> torch.Tensor:
-        """L_0 = -log p(x_0 | x_1): a Gaussian N(xhat_0, beta_1) integrated over each level's bin."""
+        """L_0 = -log p(x_0 | x_1): N(xhat_0, beta_1) integrated over each level's bin, (B,)."""
         t = torch.ones(len(x0), dtype=torch.long, device=x0.device)
         _, mean = self.predict(self.q_sample(x0, t, torch.randn_like(x0)), t, y)
         std = self.beta[1].sqrt()
@@ -330,8 +328,8 @@ class Diffusion(_Denoiser):
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Minus the variational bound on the discrete data, nats per image, (B,).
 
-        Estimator: ``bound_samples`` = K timesteps per image, stratified in log-SNR (u_k = (k + U)/K),
-        one eps each, plus one sample of the decoder term; it is unbiased for the bound.
+        Estimator: ``bound_samples`` = K timesteps per image, stratified in log-SNR
+        (u_k = (k + U)/K), one eps each, plus one decoder sample: unbiased for the bound.
         """
         if self.config.data != "digits":
             raise ValueError("log_prob is defined for the discrete digits only")
@@ -362,7 +360,7 @@ class Diffusion(_Denoiser):
         return_path: bool = False,
         x_T: torch.Tensor | None = None,
     ):
-        r"""DDIM (Song et al. 2021) on ``steps`` evenly spaced times; eta=1 with all T steps is DDPM.
+        r"""DDIM (Song et al. 2021) on ``steps`` evenly spaced times; eta=1 and steps=T is DDPM.
 
         x_s = sqrt(abar_s) xhat_0 + sqrt(1 - abar_s - sigma^2) epshat + sigma z,
         sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s).

@@ -76,7 +76,7 @@ def test_posterior_matches_bayes_rule():
 
 
 class OracleEps(nn.Module):
-    """eps(x_t, t) = (x_t - sqrt(abar_t) x*) / sqrt(1 - abar_t): the exact predictor for one point."""
+    """eps(x_t, t) = (x_t - sqrt(abar_t) x*) / sqrt(1 - abar_t): exact for one data point."""
 
     def __init__(self, point: torch.Tensor, abar: torch.Tensor, T: int) -> None:
         super().__init__()
@@ -115,7 +115,7 @@ def test_ddpm_ancestral_step_is_the_posterior():
 
 
 def test_bound_term_equals_gaussian_kl():
-    # L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || N(mu(xhat_0, x_t), beta~_t)) must equal w_t ||eps - epshat||^2
+    # L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || N(mu(xhat_0, x_t), beta~_t)) = w_t ||eps - epshat||^2
     # (catches a wrong weight w_t, e.g. SNR_t / SNR_{t-1} or a missing 1/2)
     model = Diffusion(DiffusionConfig(data="toy", schedule="cosine"))
     torch.manual_seed(2)
