@@ -1,0 +1,363 @@
+r"""Variational autoencoders: a latent-variable model trained by the evidence lower bound (ELBO).
+
+The model is p(x, z) = p(z) p(x | z) with a standard normal prior p(z) = N(0, I) and a decoder
+p(x | z) that is a product of 64 categoricals over the 17 grey levels, so that every bound below is
+a bound on the log-likelihood of the DISCRETE digits, in nats. An encoder q(z | x) = N(mu, diag
+sigma^2) amortises inference. For any q,
+
+    log p(x) = ELBO(x) + KL(q(z|x) || p(z|x)),
+    ELBO(x)  = E_q[log p(x | z)] - KL(q(z|x) || p(z)),
+
+so the ELBO is a lower bound, and the importance-weighted bound (IWAE, Burda et al. 2016)
+
+    L_k(x) = E[log (1/k) sum_i p(x, z_i) / q(z_i | x)],   z_i ~ q(z | x),
+
+tightens it: L_1 = ELBO <= L_k <= L_{k+1} -> log p(x). ``log_prob`` returns L_k.
+
+- :class:`VAE`: convolutional encoder/decoder, beta as a config value, KL warm-up, and an optional
+  class condition (``num_classes > 0``: ``loss(x, y)``, ``sample(n, y=...)``).
+- :func:`gaussian_kl`, :func:`reparameterize`: the two formulas the ELBO is made of.
+- :func:`active_units`: the posterior-collapse diagnostic of Burda et al.
+- :func:`train_vae`, :func:`train_reference`: the book's recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgm_edu.data import LEVELS, NUM_CLASSES, digits_loader, validate_digits
+from dgm_edu.runtime import budget
+from dgm_edu.train import History, fit
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class VAEConfig:
+    latent_dim: int = 32
+    channels: int = 64  # width of the conv stacks
+    blocks: int = 1  # residual blocks at 8x8 in the decoder (and at each scale of the encoder)
+    beta: float = 1.0  # weight of the KL term: beta = 1 is the ELBO, beta > 1 a beta-VAE
+    warmup_steps: int = 0  # the KL weight ramps linearly from 0 to beta over this many steps
+    dropout: float = 0.0
+    num_classes: int = 0  # > 0: a class-conditional VAE, q(z | x, y) and p(x | z, y)
+    levels: int = LEVELS
+
+
+# --------------------------------------------------------------------------- the two formulas
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    r"""KL(N(mu, diag e^logvar) || N(0, I)) per row, summed over the last dim.
+
+    KL = 1/2 \sum_j (\mu_j^2 + \sigma_j^2 - \log \sigma_j^2 - 1).
+    """
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(-1)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    r"""z = \mu + \sigma \odot \epsilon, \epsilon ~ N(0, I): a sample that is differentiable in
+    (mu, logvar). With ``k``, draw k samples per row: (k, B, D)."""
+    shape = mu.shape if k is None else (k, *mu.shape)
+    eps = torch.randn(shape, device=mu.device, dtype=mu.dtype)
+    return mu + (0.5 * logvar).exp() * eps
+
+
+def normal_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    r"""\log N(z; mu, diag e^logvar), summed over the last dim."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
+def iwae_bound(
+    log_joint, mu: torch.Tensor, logvar: torch.Tensor, k: int, chunk: int = 100
+) -> torch.Tensor:
+    r"""The importance-weighted bound with a Gaussian proposal q = N(mu, diag e^logvar), (B,):
+
+    L_k = \log \frac{1}{k} \sum_{i=1}^k \frac{p(x, z_i)}{q(z_i | x)},  z_i ~ q,
+
+    computed as a logsumexp for stability. ``log_joint(z)`` maps z (m, B, D) to log p(x, z) (m, B);
+    the k samples are drawn ``chunk`` at a time to bound memory.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    parts = []
+    for start in range(0, k, chunk):
+        z = reparameterize(mu, logvar, min(chunk, k - start))  # (m, B, D)
+        parts.append(log_joint(z) - normal_log_prob(z, mu, logvar))  # (m, B) log weights
+    return torch.logsumexp(torch.cat(parts), 0) - math.log(k)
+
+
+# --------------------------------------------------------------------------- networks
+class _Block(nn.Module):
+    """A residual 3x3 conv block at fixed resolution: x + conv(act(conv(act(x))))."""
+
+    def __init__(self, ch: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.GELU(),
+            nn.Conv2d(ch, ch, 3, padding=1),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Conv2d(ch, ch, 3, padding=1),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.net(h)
+
+
+class Encoder(nn.Module):
+    """q(z | x[, y]): (B, 1, 8, 8) in [0, 1] -> mu, logvar, each (B, D)."""
+
+    def __init__(self, c: VAEConfig) -> None:
+        super().__init__()
+        ch = c.channels
+        self.net = nn.Sequential(
+            nn.Conv2d(1 + c.num_classes, ch, 3, padding=1),  # (B, ch, 8, 8)
+            *[_Block(ch, c.dropout) for _ in range(c.blocks)],
+            nn.GELU(),
+            nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1),  # (B, 2ch, 4, 4)
+            nn.Flatten(),
+            nn.GELU(),
+            nn.Dropout(c.dropout),
+            nn.Linear(2 * ch * 16, 2 * c.latent_dim),  # (B, 2D)
+        )
+
+    def forward(self, x: torch.Tensor, y1h: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        if y1h is not None:  # the label as constant extra input planes
+            x = torch.cat([x, y1h[:, :, None, None].expand(-1, -1, 8, 8)], 1)
+        mu, logvar = self.net(x).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """p(x | z[, y]): (..., D) -> logits (..., 17, 8, 8), a categorical per pixel."""
+
+    def __init__(self, c: VAEConfig) -> None:
+        super().__init__()
+        ch = c.channels
+        self.ch = ch
+        self.inp = nn.Linear(c.latent_dim + c.num_classes, 2 * ch * 16)
+        self.net = nn.Sequential(
+            nn.GELU(),
+            nn.ConvTranspose2d(2 * ch, ch, 4, stride=2, padding=1),  # (B, ch, 8, 8)
+            *[_Block(ch, c.dropout) for _ in range(c.blocks)],
+            nn.GELU(),
+            nn.Conv2d(ch, c.levels, 1),  # (B, 17, 8, 8): 17 logits per pixel
+        )
+
+    def forward(self, z: torch.Tensor, y1h: torch.Tensor | None) -> torch.Tensor:
+        lead = z.shape[:-1]
+        if y1h is not None:
+            z = torch.cat([z, y1h.expand(*lead, -1)], -1)
+        h = self.inp(z.reshape(-1, z.shape[-1])).view(-1, 2 * self.ch, 4, 4)
+        return self.net(h).view(*lead, -1, 8, 8)
+
+
+def categorical_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    r"""\log p(x | z) = \sum_{pixels} \log \mathrm{softmax}(logits)[x], in nats.
+
+    logits (..., 17, 8, 8) and x (B, 1, 8, 8) -> (...,), summed over the 64 pixels.
+    """
+    logp = logits.float().log_softmax(-3)  # normalised over the 17 levels
+    idx = x.expand(*logits.shape[:-3], 1, 8, 8)  # (..., 1, 8, 8) level indices
+    return logp.gather(-3, idx).flatten(-3).sum(-1)
+
+
+# --------------------------------------------------------------------------- the model
+class VAE(nn.Module):
+    """A VAE on the raw 17-level digits, categorical decoder, optionally class-conditional."""
+
+    def __init__(self, config: VAEConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or VAEConfig()
+        self.encoder = Encoder(c)
+        self.decoder = Decoder(c)
+        # training steps taken: drives the KL warm-up schedule, moves and saves with the model
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    # ---- helpers
+    def _onehot(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if self.config.num_classes == 0:
+            if y is not None:
+                raise ValueError("This VAE is unconditional (num_classes=0): do not pass labels")
+            return None
+        if y is None:
+            raise ValueError("A conditional VAE needs labels y: call loss(x, y) / log_prob(x, y)")
+        if y.shape != (n,):
+            raise ValueError(f"Expected labels of shape ({n},), got {tuple(y.shape)}")
+        return F.one_hot(y.long(), self.config.num_classes).float()
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Raw digits -> (mu, logvar) of q(z | x), each (B, D)."""
+        x = validate_digits(x)
+        return self.encoder(x.float() / (LEVELS - 1), self._onehot(y, len(x)))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (..., B, D) -> logits (..., B, 17, 8, 8) of p(x | z)."""
+        return self.decoder(z, self._onehot(y, z.shape[-2]))
+
+    def kl_weight(self) -> float:
+        """beta, ramped linearly from 0 over ``warmup_steps`` training steps."""
+        c = self.config
+        if c.warmup_steps <= 0 or not self.training:
+            return c.beta
+        return c.beta * min(1.0, (self.step.item() + 1) / c.warmup_steps)
+
+    # ---- the objective
+    def elbo_terms(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction E_q[log p(x|z)] with one sample, KL(q(z|x) || p(z))), each (B,)."""
+        mu, logvar = self.encode(x, y)  # (B, D) each
+        z = reparameterize(mu, logvar)  # (B, D)
+        rec = categorical_log_prob(self.decode(z, y), x)  # (B,)
+        return rec, gaussian_kl(mu.float(), logvar.float())
+
+    def elbo(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The ELBO per image (B,), nats: a single-sample estimate of a lower bound on log P(x)."""
+        rec, kl = self.elbo_terms(x, y)
+        return rec - kl
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        r"""-(E_q[log p(x|z)] - w KL), averaged over the batch, w = beta (after warm-up)."""
+        rec, kl = self.elbo_terms(x, y)
+        w = self.kl_weight()
+        if self.training:
+            self.step += 1
+        return -(rec - w * kl).mean()
+
+    # ---- likelihood
+    @torch.no_grad()
+    def log_prob(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, k: int = 100, chunk: int = 100
+    ) -> torch.Tensor:
+        r"""The IWAE bound L_k per image (B,), nats, a lower bound on log P(x) (k = 1: the ELBO)."""
+        mu, logvar = (t.float() for t in self.encode(x, y))  # (B, D)
+
+        def log_joint(z: torch.Tensor) -> torch.Tensor:  # log p(x|z) + log p(z): (m, B)
+            zero = torch.zeros_like(z)
+            return categorical_log_prob(self.decode(z, y), x) + normal_log_prob(z, zero, zero)
+
+        return iwae_bound(log_joint, mu, logvar, k, chunk)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The most likely level of each pixel under p(x | z = mu(x)): raw digits out."""
+        mu, _ = self.encode(x, y)
+        return self.decode(mu, y).argmax(-3, keepdim=True)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        y: torch.Tensor | int | None = None,
+        z: torch.Tensor | None = None,
+        mode: bool = False,
+    ) -> torch.Tensor:
+        """n digits (n, 1, 8, 8) int64: z ~ N(0, I) (or the given z (n, D)), then x ~ p(x | z).
+
+        ``y``: a class (int) or labels (n,) for a conditional VAE (random classes when omitted).
+        ``mode=True`` shows the most likely level of each pixel instead of a sample.
+        """
+        dev = self.step.device
+        if z is None:
+            z = torch.randn(n, self.config.latent_dim, device=dev)
+        if self.config.num_classes and y is None:
+            y = torch.randint(0, self.config.num_classes, (n,), device=dev)
+        if isinstance(y, int):
+            y = torch.full((n,), y, device=dev, dtype=torch.long)
+        logits = self.decode(z.to(dev), y).float()  # (n, 17, 8, 8)
+        if mode:
+            return logits.argmax(1, keepdim=True)
+        probs = logits.softmax(1).permute(0, 2, 3, 1).reshape(-1, self.config.levels)
+        return torch.multinomial(probs, 1).view(n, 1, 8, 8)
+
+
+@torch.no_grad()
+def active_units(
+    model: VAE, x: torch.Tensor, y: torch.Tensor | None = None, threshold: float = 0.01
+) -> tuple[int, torch.Tensor]:
+    r"""Latent dims that the encoder uses (Burda et al. 2016): A_j = Cov_x(E_q[z_j | x]) > 0.01.
+
+    A collapsed dim has q(z_j | x) = p(z_j) for every x, so its posterior mean does not vary.
+    Returns (number active, per-dim variance (D,)).
+    """
+    model.eval()
+    mu, _ = model.encode(x, y)
+    var = mu.float().var(0)
+    return int((var > threshold).sum()), var
+
+
+# --------------------------------------------------------------------------- recipes
+def train_vae(
+    config: VAEConfig,
+    *,
+    epochs: int,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    batch_size: int = 64,
+    patience: int | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> tuple[VAE, History]:
+    """Train a :class:`VAE` on the digits' train split with early stopping on val (-ELBO).
+
+    Labels are fed to the model when ``config.num_classes > 0``. Cosine-annealed AdamW.
+    """
+    torch.manual_seed(seed)
+    model = VAE(config)
+    labels = config.num_classes > 0
+    train_dl = digits_loader("train", batch_size, labels=labels)
+    val_dl = digits_loader("val", 350, labels=labels)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    hist = fit(
+        model,
+        opt,
+        train_dl,
+        val_dl,
+        epochs=epochs,
+        patience=patience,
+        checkpoint=checkpoint,
+        progress=progress,
+        seed=seed,
+        scheduler=sched,
+        desc="vae",
+    )
+    model.eval()
+    return model, hist
+
+
+def reference_config() -> VAEConfig:
+    """The book's reference VAE (its numbers are in chapters/03_vae.md and benchmarks/vae.py)."""
+    return VAEConfig(
+        latent_dim=32,
+        channels=32,
+        blocks=1,
+        beta=1.0,
+        warmup_steps=budget(fast=50, full=500),
+        dropout=budget(fast=0.0, full=0.1),
+    )
+
+
+def train_reference(
+    *, checkpoint: str | Path | None = None, progress: bool = True, seed: int = 0
+) -> tuple[VAE, History]:
+    """The book's reference recipe: fast mode trains for seconds, full mode for minutes."""
+    return train_vae(
+        reference_config(),
+        epochs=budget(fast=12, full=150),
+        patience=budget(fast=None, full=30),
+        weight_decay=budget(fast=0.0, full=1e-2),
+        checkpoint=checkpoint,
+        progress=progress,
+        seed=seed,
+    )
+
+
+NUM_CLASSES_DIGITS = NUM_CLASSES  # re-exported for the conditional VAE: VAEConfig(num_classes=10)

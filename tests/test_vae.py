@@ -1,0 +1,202 @@
+"""Tests of dgm_edu.vae: each checks a value against an independent computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from dgm_edu.data import load_digits
+from dgm_edu.vae import (
+    VAE,
+    VAEConfig,
+    active_units,
+    categorical_log_prob,
+    gaussian_kl,
+    iwae_bound,
+    normal_log_prob,
+    reparameterize,
+)
+
+SMALL = VAEConfig(latent_dim=4, channels=8)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    return load_digits("test")[0][:16]
+
+
+def test_gaussian_kl_matches_closed_form_of_torch_and_monte_carlo():
+    # catches a wrong sign, a missing 1/2, or sigma used where sigma^2 belongs
+    mu = torch.tensor([[0.5, -1.0, 2.0]])
+    logvar = torch.tensor([[0.3, -1.2, 0.8]])
+    kl = gaussian_kl(mu, logvar)
+    q, p = Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)
+    assert torch.allclose(kl, kl_divergence(q, p).sum(-1), atol=1e-6)
+    z = q.sample((400_000,))  # (S, 1, 3)
+    mc = (q.log_prob(z) - p.log_prob(z)).sum(-1).mean(0)
+    assert torch.allclose(kl, mc, atol=0.02), (kl, mc)
+
+
+def test_gaussian_kl_of_standard_normal_with_itself_is_zero():
+    zeros = torch.zeros(5, 7)
+    assert torch.equal(gaussian_kl(zeros, zeros), torch.zeros(5))
+    assert gaussian_kl(torch.zeros(1, 2), torch.tensor([[0.1, 0.0]])).item() > 0
+
+
+def test_reparameterized_sample_has_right_mean_and_variance():
+    # catches exp(logvar) used as the std (variance would be squared) or a missing 0.5
+    mu = torch.tensor([1.0, -2.0])
+    logvar = torch.tensor([math.log(4.0), math.log(0.25)])
+    z = reparameterize(mu, logvar, k=200_000)  # (k, 2)
+    assert torch.allclose(z.mean(0), mu, atol=0.02)
+    assert torch.allclose(z.var(0), logvar.exp(), rtol=0.02)
+    # and it is differentiable in (mu, logvar): dE[z]/dmu = 1
+    mu_ = mu.clone().requires_grad_()
+    reparameterize(mu_, logvar, k=10).sum().backward()
+    assert torch.allclose(mu_.grad, torch.full((2,), 10.0))
+
+
+def test_normal_log_prob_matches_torch():
+    z, mu, logvar = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    ref = Normal(mu, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    assert torch.allclose(normal_log_prob(z, mu, logvar), ref, atol=1e-5)
+
+
+def test_decoder_likelihood_sums_to_one_over_the_17_levels():
+    # catches a softmax over the wrong axis, or raw logits used as log-probabilities
+    model = VAE(SMALL).eval()
+    logits = model.decode(torch.randn(1, 4)).detach()  # (1, 17, 8, 8)
+    x0 = torch.randint(0, 17, (1, 1, 8, 8))
+    # make every pixel except (3, 5) certain (prob 1 at x0's level), so p(x | z) = p_{3,5}(x_{3,5})
+    pinned = torch.full_like(logits, -1e4).scatter(1, x0, 0.0)
+    pinned[..., 3, 5] = logits[..., 3, 5]
+    xs = x0.repeat(17, 1, 1, 1)
+    xs[:, 0, 3, 5] = torch.arange(17)  # all 17 values of that pixel
+    probs = torch.stack([categorical_log_prob(pinned, x[None]) for x in xs]).exp()
+    assert torch.allclose(probs.sum(), torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(probs.squeeze(), logits[0, :, 3, 5].softmax(0), atol=1e-5)
+
+
+def test_iwae_converges_to_closed_form_on_linear_gaussian_model():
+    # z ~ N(0, 1), x | z ~ N(a z + b, s^2)  =>  p(x) = N(b, a^2 + s^2) exactly.
+    # catches a dropped log q or log p(z) term, or a missing - log k.
+    a, b, s = 1.5, 0.3, 0.5
+    x = torch.tensor([-1.0, 0.2, 2.5])  # (B,)
+    exact = Normal(b, math.sqrt(a * a + s * s)).log_prob(x)
+    # a deliberately imperfect proposal: the exact posterior's mean shifted, its std inflated
+    post_var = 1.0 / (1.0 + a * a / s**2)
+    mu = (post_var * a * (x - b) / s**2 + 0.3)[:, None]  # (B, 1)
+    logvar = torch.full_like(mu, math.log(2.0 * post_var))
+
+    def log_joint(z):  # (m, B, 1) -> (m, B)
+        return Normal(0.0, 1.0).log_prob(z).sum(-1) + Normal(a * z + b, s).log_prob(x[:, None]).sum(
+            -1
+        )
+
+    torch.manual_seed(1)
+    l1 = torch.stack([iwae_bound(log_joint, mu, logvar, k=1) for _ in range(2000)]).mean(0)
+    lk = iwae_bound(log_joint, mu, logvar, k=100_000, chunk=10_000)
+    assert (l1 < exact - 0.05).all()  # the ELBO has a visible gap
+    assert torch.allclose(lk, exact, atol=2e-3), (lk, exact)
+
+
+def test_iwae_with_one_sample_equals_the_elbo_in_expectation(digits):
+    # the ELBO uses the analytic KL, IWAE-1 the Monte-Carlo log p(z) - log q(z|x): same mean
+    model = VAE(SMALL).eval()
+    x = digits[:4]
+    with torch.no_grad():
+        elbo = torch.stack([model.elbo(x) for _ in range(3000)]).mean(0)
+        iwae1 = torch.stack([model.log_prob(x, k=1) for _ in range(3000)]).mean(0)
+    assert torch.allclose(elbo, iwae1, atol=0.3), (elbo, iwae1)
+
+
+def test_iwae_bound_is_non_decreasing_in_k(digits):
+    model = VAE(SMALL).eval()
+    with torch.no_grad():  # a decoder that depends strongly on z: a wide gap to close
+        model.decoder.inp.weight *= 30.0
+    bounds = []
+    for k in (1, 10, 100, 1000):
+        torch.manual_seed(0)
+        bounds.append(torch.stack([model.log_prob(digits, k=k) for _ in range(3)]).mean().item())
+    assert all(lo <= hi for lo, hi in zip(bounds, bounds[1:])), bounds
+
+
+def test_loss_is_negative_elbo_with_beta_weighted_kl(digits):
+    # catches beta ignored, or the KL added with the wrong sign
+    model = VAE(VAEConfig(latent_dim=4, channels=8, beta=3.0)).eval()
+    torch.manual_seed(0)
+    rec, kl = model.elbo_terms(digits)
+    torch.manual_seed(0)
+    assert torch.allclose(model.loss(digits), -(rec - 3.0 * kl).mean())
+    assert (kl > 0).all()
+
+
+def test_kl_warmup_ramps_linearly_and_counts_steps(digits):
+    model = VAE(VAEConfig(latent_dim=4, channels=8, beta=2.0, warmup_steps=10)).train()
+    weights = []
+    for _ in range(12):
+        weights.append(model.kl_weight())
+        model.loss(digits)
+    assert weights[0] == pytest.approx(0.2) and weights[4] == pytest.approx(1.0)
+    assert weights[9:] == [2.0, 2.0, 2.0]
+    assert model.eval().kl_weight() == 2.0  # evaluation always uses the full beta
+
+
+def test_conditional_vae_uses_the_label():
+    model = VAE(VAEConfig(latent_dim=4, channels=8, num_classes=10)).eval()
+    x, y = load_digits("val")
+    x, y = x[:8], y[:8]
+    z = torch.randn(8, 4)
+    assert not torch.allclose(model.decode(z, y), model.decode(z, (y + 1) % 10))
+    assert not torch.allclose(model.encode(x, y)[0], model.encode(x, (y + 1) % 10)[0])
+    assert torch.isfinite(model.loss(x, y))
+    assert model.sample(5, y=3).shape == (5, 1, 8, 8)
+    with pytest.raises(ValueError, match="needs labels"):
+        model.loss(x)
+
+
+def test_sample_draws_from_the_decoder_distribution():
+    # with a fixed z, the empirical level frequencies of a pixel match softmax(logits)
+    model = VAE(SMALL).eval()
+    z = torch.randn(1, 4).expand(20_000, 4)
+    xs = model.sample(20_000, z=z)
+    assert xs.dtype == torch.int64 and xs.min() >= 0 and xs.max() <= 16
+    freq = torch.bincount(xs[:, 0, 2, 2], minlength=17).float() / 20_000
+    probs = model.decode(z[:1])[0, :, 2, 2].softmax(0)
+    assert torch.allclose(freq, probs, atol=0.015)
+
+
+def test_active_units_finds_a_collapsed_dimension(digits):
+    model = VAE(SMALL).eval()
+    with torch.no_grad():
+        head = model.encoder.net[-1]  # Linear -> (mu, logvar)
+        head.weight[:2] *= 100.0  # dims 0, 1: the mean varies strongly with x
+        head.weight[2:4] = 0.0  # dims 2, 3: the mean is the same for every x (collapsed)
+    n, var = active_units(model, digits)
+    assert n == 2 and (var[2:] < 1e-10).all()
+
+
+def test_random_model_fails_the_fast_mode_threshold():
+    # the chapter's assert (test -ELBO < 106.5 nats) must not pass at random initialisation
+    x, _ = load_digits("test")
+    model = VAE(VAEConfig()).eval()
+    with torch.no_grad():
+        assert -model.elbo(x).mean().item() > 106.5
+
+
+def test_works_under_autocast_and_rejects_unit_floats(digits):
+    model = VAE(SMALL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(digits)
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    with pytest.raises(ValueError, match="integer levels"):
+        model.loss(digits.float() / 16)
