@@ -1,0 +1,219 @@
+"""Tests of dgm_edu.rbm against brute-force enumeration, closed forms and autograd."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dgm_edu.data import binarize, load_digits
+from dgm_edu.rbm import RBM, RBMConfig, bernoulli_baseline_nll, binary_states
+
+
+def tiny_rbm(V: int = 5, H: int = 4, scale: float = 1.0, seed: int = 0) -> RBM:
+    """An RBM with large random parameters, so that every term matters."""
+    torch.manual_seed(seed)
+    model = RBM(RBMConfig(num_visible=V, num_hidden=H, num_chains=7))
+    with torch.no_grad():
+        model.W.copy_(scale * torch.randn(V, H))
+        model.b.copy_(scale * torch.randn(V))
+        model.c.copy_(scale * torch.randn(H))
+    return model.double()
+
+
+@torch.no_grad()
+def joint_log_table(model: RBM) -> torch.Tensor:
+    """-E(v, h) for every (v, h): ``(2^V, 2^H)``, computed from the energy alone."""
+    V, H = model.W.shape
+    vs, hs = binary_states(V, dtype=torch.float64), binary_states(H, dtype=torch.float64)
+    v = vs[:, None, :].expand(-1, len(hs), -1).reshape(-1, V)
+    h = hs[None, :, :].expand(len(vs), -1, -1).reshape(-1, H)
+    return -model.energy(v, h).view(len(vs), len(hs))
+
+
+def test_energy_matches_its_definition():
+    # catches: a wrong sign or a dropped bias term in the energy itself
+    model = tiny_rbm()
+    v, h = torch.tensor([[1.0, 0, 1, 1, 0]]).double(), torch.tensor([[0.0, 1, 1, 0]]).double()
+    W, b, c = model.W, model.b, model.c
+    explicit = -sum(v[0, i] * W[i, j] * h[0, j] for i in range(5) for j in range(4))
+    explicit = explicit - (b * v[0]).sum() - (c * h[0]).sum()
+    torch.testing.assert_close(model.energy(v, h), explicit.view(1))
+
+
+def test_free_energy_is_brute_force_marginal_of_energy():
+    # catches: a dropped hidden bias, softplus -> log-sigmoid, a wrong sign on b^T v
+    model = tiny_rbm()
+    V = model.W.shape[0]
+    table = joint_log_table(model)  # (2^V, 2^H)
+    brute = -torch.logsumexp(table, dim=1)  # F(v) = -log sum_h exp(-E(v,h))
+    torch.testing.assert_close(model.free_energy(binary_states(V, dtype=torch.float64)), brute)
+
+
+def test_conditionals_match_the_enumerated_joint():
+    # catches: W used instead of W^T, the visible bias in p(h|v), a missing sigmoid
+    model = tiny_rbm()
+    V, H = model.W.shape
+    vs, hs = binary_states(V, dtype=torch.float64), binary_states(H, dtype=torch.float64)
+    p = torch.softmax(joint_log_table(model).flatten(), 0).view(len(vs), len(hs))  # p(v, h)
+    p_h_given_v = p / p.sum(1, keepdim=True)  # (2^V, 2^H)
+    torch.testing.assert_close(model.p_h_given_v(vs), p_h_given_v @ hs)  # E[h_j | v]
+    p_v_given_h = p / p.sum(0, keepdim=True)
+    torch.testing.assert_close(model.p_v_given_h(hs), p_v_given_h.T @ vs)  # E[v_i | h]
+
+
+@pytest.mark.parametrize("chunk", [2**14, 4])
+def test_exact_log_z_by_hidden_enumeration_equals_full_enumeration(chunk):
+    # catches: a wrong hidden-state table, dropped chunks, c^T h or b missing in log Z
+    model = tiny_rbm(V=10, H=6, scale=0.7)
+    brute = torch.logsumexp(joint_log_table(model).flatten(), 0)  # all 2^10 * 2^6 states
+    assert model.exact_log_partition(chunk=chunk) == pytest.approx(float(brute), abs=1e-9)
+
+
+def test_log_prob_normalises_and_reduces_to_bernoulli_without_weights():
+    # catches: log Z not subtracted, binarization ignored, the hidden term not cancelling
+    torch.manual_seed(1)
+    model = RBM(RBMConfig(num_hidden=4))
+    x = load_digits("test")[0][:50]
+    with torch.no_grad():
+        model.W.zero_()
+        model.b.copy_(torch.randn(64))
+        model.c.copy_(torch.randn(4))
+    v = binarize(x).flatten(1).double()
+    b = model.b.double()
+    bernoulli = v @ b - torch.nn.functional.softplus(b).sum()  # independent pixels, closed form
+    torch.testing.assert_close(model.log_prob(x).double(), bernoulli, atol=1e-4, rtol=0)
+    # with weights: log p(v) = logsumexp_h(-E(v,h)) - log Z, every h enumerated here
+    with torch.no_grad():
+        model.W.copy_(0.3 * torch.randn(64, 4))
+    hs = binary_states(4)
+    neg_e = -model.energy(v.float().repeat_interleave(16, 0), hs.repeat(50, 1)).view(50, 16)
+    brute = torch.logsumexp(neg_e.double(), 1) - model.exact_log_partition()
+    torch.testing.assert_close(model.log_prob(x).double(), brute, atol=1e-4, rtol=0)
+
+
+def test_log_z_cache_follows_parameter_updates():
+    # catches: a stale cached log Z after an optimizer step or load_state_dict
+    model = RBM(RBMConfig(num_hidden=5))
+    first = model.log_partition()
+    with torch.no_grad():
+        model.c.add_(1.0)
+    assert model.log_partition() == pytest.approx(model.exact_log_partition())
+    assert model.log_partition() != pytest.approx(first)
+    fresh = RBM(RBMConfig(num_hidden=5))
+    fresh.log_partition()
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.log_partition() == pytest.approx(model.exact_log_partition())
+
+
+def test_ais_is_close_to_exact_and_improves_with_more_temperatures():
+    # catches: a wrong weight update, a transition that does not leave p_beta invariant, log Z_0
+    model = tiny_rbm(V=20, H=8, scale=0.6, seed=3)
+    with torch.no_grad():
+        model.base_logits.copy_(model.b)
+    exact = model.exact_log_partition()
+
+    def mean_abs_error(num_betas: int) -> float:
+        errs = []
+        for s in range(2):
+            gen = torch.Generator().manual_seed(s)
+            errs.append(abs(model.ais_log_partition(num_betas, 200, generator=gen).log_z - exact))
+        return sum(errs) / len(errs)
+
+    coarse, fine = mean_abs_error(5), mean_abs_error(1000)
+    assert fine < 0.05, fine
+    assert fine < coarse / 3, (coarse, fine)
+    gen = torch.Generator().manual_seed(9)
+    est = model.ais_log_partition(1000, 200, generator=gen)
+    assert est.log_z_low <= exact + 0.05 and exact - 0.05 <= est.log_z_high
+
+
+def test_gibbs_chain_samples_the_model_distribution():
+    # catches: a Gibbs sweep that uses W where W^T belongs, or the wrong bias
+    model = tiny_rbm(V=4, H=3, scale=1.0, seed=2)
+    p_exact = torch.softmax(joint_log_table(model).flatten(), 0).view(16, 8).sum(1)  # p(v)
+    gen = torch.Generator().manual_seed(0)
+    v = torch.bernoulli(torch.full((20000, 4), 0.5, dtype=torch.float64), generator=gen)
+    v = model.gibbs_chain(v, 30, gen)
+    idx = (v.long() * (2 ** torch.arange(4))).sum(1)  # state index, as in binary_states
+    p_emp = torch.bincount(idx, minlength=16).double() / len(v)
+    assert (p_emp - p_exact).abs().max() < 0.015
+
+
+def test_surrogate_gradient_is_the_cd_gradient():
+    # catches: a flipped sign of the surrogate, negatives that are not detached
+    torch.manual_seed(0)
+    model = RBM(RBMConfig(num_hidden=6, persistent=False, k=1, init_std=0.1))
+    x = load_digits("train")[0][:32]
+    torch.manual_seed(5)
+    model.loss(x).backward()
+    torch.manual_seed(5)  # replay the same negative samples
+    v0 = binarize(x).flatten(1)
+    vk = model.gibbs_chain(v0, 1)
+    with torch.no_grad():
+        # -(<v h>_data - <v h>_neg) with h replaced by p(h=1|v): the CD-1 update of W
+        expected = -(v0.T @ model.p_h_given_v(v0) - vk.T @ model.p_h_given_v(vk)) / len(v0)
+    torch.testing.assert_close(model.W.grad, expected)
+    torch.testing.assert_close(model.b.grad, -(v0 - vk).mean(0))
+
+
+def test_cd1_steps_raise_the_exact_log_likelihood():
+    # catches: gradient ascent on the NLL (sign), a broken negative phase
+    torch.manual_seed(0)
+    x = load_digits("train")[0][:200]
+    model = RBM(RBMConfig(num_hidden=4, persistent=False, k=1, init_std=0.1))
+    before = -model.log_prob(x).mean().item()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(30):
+        opt.zero_grad()
+        model.loss(x).backward()
+        opt.step()
+    after = -model.log_prob(x).mean().item()
+    assert after < before - 5.0, (before, after)
+
+
+def test_eval_loss_is_exact_nll_and_pcd_updates_chains():
+    # catches: eval-mode loss that returns the surrogate, chains that never persist
+    torch.manual_seed(0)
+    model = RBM(RBMConfig(num_hidden=5, num_chains=10, init_std=0.5))
+    x = load_digits("val")[0][:40]
+    chains = model.chains.clone()
+    model.train()
+    model.loss(x)
+    assert not torch.equal(chains, model.chains)
+    model.eval()
+    assert model.loss(x).item() == pytest.approx(-model.log_prob(x).mean().item())
+
+
+def test_pseudo_likelihood_matches_exact_conditionals():
+    # catches: a flipped bit that is not flipped, the wrong sign of the free-energy difference
+    torch.manual_seed(0)
+    model = RBM(RBMConfig(num_hidden=4, init_std=0.3))
+    x = load_digits("test")[0][:3]
+    v = binarize(x).flatten(1)
+    brute = torch.zeros(3, dtype=torch.float64)
+    for i in range(64):
+        flipped = v.clone()
+        flipped[:, i] = 1 - flipped[:, i]
+        lp, lq = model.log_prob(x).double(), model.log_prob((flipped * 16).long().view(3, 1, 8, 8))
+        brute += lp - torch.logaddexp(lp, lq.double())  # log p(v_i | v_-i)
+    torch.testing.assert_close(model.pseudo_log_likelihood(x).double(), brute, atol=1e-4, rtol=0)
+
+
+def test_sample_is_raw_binary_digits():
+    model = RBM(RBMConfig(num_hidden=4))
+    s = model.sample(6, steps=3)
+    assert s.shape == (6, 1, 8, 8) and s.dtype == torch.int64
+    assert set(s.unique().tolist()) <= {0, 16}
+    assert torch.isfinite(model.log_prob(s)).all()
+
+
+def test_bernoulli_baseline_and_untrained_rbm():
+    # the chapter's reference numbers: the baseline is 24.91 and an untrained RBM is far worse
+    base = bernoulli_baseline_nll()
+    assert base == pytest.approx(24.91, abs=0.01)
+    x = load_digits("test")[0]
+    untrained = -RBM(RBMConfig(num_hidden=16)).log_prob(x).mean().item()
+    assert untrained > base + 10
+    assert untrained == pytest.approx(64 * math.log(2), abs=0.5)  # about uniform over 2^64
