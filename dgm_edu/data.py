@@ -77,9 +77,7 @@ def validate_digits(x: torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"Expected a torch.Tensor of digits, got {type(x).__name__}")
     if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
-        raise ValueError(
-            f"Expected digits of shape (N, 1, 8, 8), got {tuple(x.shape)}"
-        )
+        raise ValueError(f"Expected digits of shape (N, 1, 8, 8), got {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError("Expected a non-empty batch of digits, got N=0")
     if x.is_floating_point():
@@ -113,9 +111,12 @@ def digits_loader(
     """
     images, ys = load_digits(split)
     tensors = (images, ys) if labels else (images,)
-    return make_loader(*tensors, batch_size=batch_size,
-                       shuffle=(split == "train") if shuffle is None else shuffle,
-                       drop_last=drop_last)
+    return make_loader(
+        *tensors,
+        batch_size=batch_size,
+        shuffle=(split == "train") if shuffle is None else shuffle,
+        drop_last=drop_last,
+    )
 
 
 def make_loader(
@@ -128,8 +129,9 @@ def make_loader(
         raise ValueError("Cannot make a loader over an empty data set (N=0)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle,
-                      drop_last=drop_last)
+    return DataLoader(
+        TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last
+    )
 
 
 # --------------------------------------------------------------------------- 2D toys
@@ -216,7 +218,9 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{path}: truncated or oversized IDX file: {len(raw)} bytes, expected {expected} "
             f"for shape {dims} of {dtype.name}"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    )
 
 
 def load_mnist_idx(

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgm_edu.data import LEVELS, NUM_PIXELS, validate_digits
+from dgm_edu.data import LEVELS, NUM_PIXELS, digits_loader, validate_digits
+from dgm_edu.runtime import budget, seed_everything
+from dgm_edu.train import History, fit
 
 
 class UniformPixels(nn.Module):
@@ -39,14 +41,16 @@ class PixelMixtureConfig:
 
 
 class PixelMixture(nn.Module):
-    r"""p(x) = \sum_k \pi_k \prod_d \mathrm{Cat}(x_d \mid \theta_{k,d}), trained by gradient ascent."""
+    r"""p(x) = \sum_k \pi_k \prod_d \mathrm{Cat}(x_d \mid \theta_{k,d}) (gradient ascent)."""
 
     def __init__(self, config: PixelMixtureConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or PixelMixtureConfig()
         self.mix_logits = nn.Parameter(torch.zeros(c.num_components))  # (K,)
         # small random logits break the symmetry between components
-        self.pixel_logits = nn.Parameter(0.1 * torch.randn(c.num_components, c.num_pixels, c.levels))
+        self.pixel_logits = nn.Parameter(
+            0.1 * torch.randn(c.num_components, c.num_pixels, c.levels)
+        )
 
     @classmethod
     def fit_counts(cls, x: torch.Tensor, alpha: float = 1.0) -> PixelMixture:
@@ -103,9 +107,17 @@ class GaussianMixture(nn.Module):
         self.means = nn.Parameter(c.init_scale * torch.randn(c.num_components, c.dim))  # (K, D)
         self.log_stds = nn.Parameter(torch.zeros(c.num_components, c.dim))  # (K, D)
 
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Place the means on K distinct random data points (a standard, robust start)."""
+        idx = torch.randperm(len(x), generator=generator)[: self.config.num_components]
+        self.means.copy_(x[idx])
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.config.dim:
-            raise ValueError(f"Expected points of shape (N, {self.config.dim}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"Expected points of shape (N, {self.config.dim}), got {tuple(x.shape)}"
+            )
         z = (x[:, None, :] - self.means) / self.log_stds.exp()  # (N, K, D)
         # log N(x | mu, sigma^2) = -1/2 z^2 - log sigma - 1/2 log 2 pi, summed over dimensions
         log_normal = (-0.5 * z**2 - self.log_stds - 0.5 * math.log(2 * math.pi)).sum(-1)  # (N, K)
@@ -119,3 +131,26 @@ class GaussianMixture(nn.Module):
         k = torch.multinomial(self.mix_logits.softmax(0), n, replacement=True)  # (n,)
         eps = torch.randn(n, self.config.dim, device=self.means.device)
         return self.means[k] + self.log_stds.exp()[k] * eps
+
+
+def train_reference(
+    *, checkpoint: str | None = None, progress: bool = True, seed: int = 0
+) -> tuple[PixelMixture, History]:
+    """The introduction's reference model: a 20-component pixel mixture fitted by gradient ascent
+    on the log-likelihood (Adam on the train split, early stopping on the validation split)."""
+    seed_everything(seed)
+    model = PixelMixture(PixelMixtureConfig(num_components=20))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    history = fit(
+        model,
+        optimizer,
+        digits_loader("train", batch_size=100),
+        digits_loader("val", 350),
+        epochs=budget(fast=25, full=100),
+        patience=10,
+        checkpoint=checkpoint,
+        progress=progress,
+        seed=seed,
+        desc="pixel mixture",
+    )
+    return model, history

@@ -1,0 +1,88 @@
+# dgm_edu task runner. The README's two commands:
+#   make book   execute every chapter (full mode) and build the site  -> book/_build/html/index.html
+#   make test   the whole test suite (what CI runs, via .ci/run)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MATHJAX := book/_static/mathjax
+JOBS ?= 2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: setup book book-fast test lint sync check-sync unit chapters browser assignments \
+        test-assignments benchmark clean
+
+## setup: the virtual environment (torch pinned to the CPU build), MathJax from npm, Chromium.
+setup: $(STAMP) $(MATHJAX)/tex-chtml.js
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev,book,assign]' 2>&1 | grep -v 'is ignored: it is neither' || true
+	$(BIN)/python -c "import torch, dgm_edu, jupyter_book, nbgrader"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
+	touch $@
+
+$(MATHJAX)/tex-chtml.js: package.json
+	npm install --no-audit --no-fund --silent
+	rm -rf $(MATHJAX) && mkdir -p $(MATHJAX)
+	cp -r node_modules/mathjax/es5/. $(MATHJAX)/
+	touch $@
+
+chromium:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+## sync: pair every chapter (edit the .md, this writes the .ipynb)
+sync: setup
+	$(BIN)/jupytext --sync --quiet chapters/*.md
+
+## check-sync: fail when a chapter pair is out of sync
+check-sync: setup
+	$(BIN)/jupytext --sync --quiet chapters/*.md
+	git diff --exit-code -- chapters/ || { echo "Chapter pairs are out of sync: run 'make sync' and commit both files."; exit 1; }
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## unit: the library's unit tests
+unit: setup
+	$(BIN)/pytest tests -q -n $(JOBS) --ignore=tests/browser --ignore=tests/assignments
+
+## chapters: execute every chapter under nbval in fast mode
+chapters: setup
+	DGM_EDU_FAST=1 $(BIN)/pytest --nbval-lax chapters -q -n $(JOBS) --dist loadfile -p no:cacheprovider
+
+## book: execute every chapter in full mode and build the site
+book: setup
+	$(BIN)/jupyter-book build book --warningiserror --keep-going
+	@echo "The site is at $(CURDIR)/book/_build/html/index.html"
+
+## book-fast: the same site with fast-mode training (for CI and the browser test)
+book-fast: setup
+	DGM_EDU_FAST=1 $(BIN)/jupyter-book build book --warningiserror --keep-going --path-output build/fast
+	@echo "The fast-mode site is at $(CURDIR)/build/fast/_build/html/index.html"
+
+## browser: load every page of the fast-mode site in headless Chromium
+browser: setup chromium
+	$(BIN)/pytest tests/browser -q -p no:cacheprovider
+
+## assignments: build the nbgrader course (source + released student versions)
+assignments: setup
+	$(BIN)/python -m dgm_edu.assignments build course
+
+test-assignments: setup
+	$(BIN)/pytest tests/assignments -q -p no:cacheprovider
+
+## test: everything CI runs
+test: setup lint check-sync unit chapters book-fast browser test-assignments
+	@echo "All checks passed."
+
+benchmark: setup
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf book/_build build chapters/.checkpoints course
