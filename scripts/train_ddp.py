@@ -23,7 +23,6 @@ import importlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -37,11 +36,37 @@ from dgm_edu.runtime import seed_everything  # noqa: E402
 from dgm_edu.train import fit, init_distributed, is_main_process  # noqa: E402
 
 
-def pixel_mixture_recipe(args: argparse.Namespace) -> tuple[torch.nn.Module, object]:
+class TwoOptimizerMixture(PixelMixture):
+    """The pixel mixture trained through ``train_step`` with two optimizers, the way a GAN is.
+
+    Adam is per-parameter, so stepping the mixing weights and the pixel logits with two Adams is
+    the same update as one Adam over both; under DDP fit averages the gradients with hooks.
+    """
+
+    def train_step(self, batch: tuple[torch.Tensor, ...], optimizers: dict) -> dict[str, float]:
+        loss = self.loss(*batch)
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers.values():
+            opt.step()
+        return {"loss": loss.item()}
+
+
+def pixel_mixture_recipe(
+    args: argparse.Namespace, step: str, checkpoint: str | None
+) -> tuple[torch.nn.Module, object]:
     """A K-component pixel mixture; the loader's sampler shuffles with seed + epoch."""
     seed_everything(args.seed)  # the same initial weights on every rank (DDP broadcasts anyway)
-    model = PixelMixture(PixelMixtureConfig(num_components=args.components))
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    cls = PixelMixture if step == "loss" else TwoOptimizerMixture
+    model = cls(PixelMixtureConfig(num_components=args.components))
+    if step == "loss":
+        opt: object = torch.optim.Adam(model.parameters(), lr=args.lr)
+    else:
+        opt = {
+            "mix": torch.optim.Adam([model.mix_logits], lr=args.lr),
+            "pixels": torch.optim.Adam([model.pixel_logits], lr=args.lr),
+        }
     data = torch.utils.data.TensorDataset(load_digits("train")[0])
     # A DistributedSampler with one replica is a seeded shuffle; fit re-shards it over the ranks
     # with the same seed, so the global batches are the same sets on 1 or N processes.
@@ -56,9 +81,9 @@ def pixel_mixture_recipe(args: argparse.Namespace) -> tuple[torch.nn.Module, obj
         epochs=args.epochs,
         seed=args.seed,
         device=args.device,
-        checkpoint=args.checkpoint,
+        checkpoint=checkpoint,
         progress=not args.quiet,
-        desc="pixel mixture (ddp)",
+        desc=f"pixel mixture ({step})",
     )
     return model, hist
 
@@ -80,37 +105,57 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--fast", action="store_true", help="set DGM_EDU_FAST=1 (small budgets)")
     p.add_argument("--out", default=None, help="rank 0 writes the final state_dict here")
+    p.add_argument(
+        "--step",
+        default="loss",
+        choices=["loss", "train_step", "both"],
+        help="pixel_mixture only: train through model.loss (DDP wrapper), through a "
+        "two-optimizer train_step (gradient hooks), or both one after the other",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.fast:
         os.environ["DGM_EDU_FAST"] = "1"
 
     rank, world = init_distributed(args.backend)
+    results = {}
     if args.family == "pixel_mixture":
-        model, hist = pixel_mixture_recipe(args)
+        for step in ["loss", "train_step"] if args.step == "both" else [args.step]:
+            ckpt = args.checkpoint
+            if ckpt and args.step == "both":  # one checkpoint per run: a.pt -> a-loss.pt, ...
+                ckpt = str(Path(ckpt).with_name(f"{Path(ckpt).stem}-{step}{Path(ckpt).suffix}"))
+            results[step] = pixel_mixture_recipe(args, step, ckpt)
     else:
         module = importlib.import_module(f"dgm_edu.{args.family}")
-        model, hist = module.train_reference(
+        results[args.family] = module.train_reference(
             checkpoint=args.checkpoint, progress=not args.quiet, seed=args.seed
         )
-    report = {
-        "world_size": world,
-        "epochs_run": hist.epochs_run,
-        "seconds": hist.seconds,
-        "train_loss": hist.train_loss,
-        "val_loss": hist.val_loss,
-    }
+    report = {}
+    for name, (model, hist) in results.items():
+        report[name] = {
+            "world_size": world,
+            "epochs_run": hist.epochs_run,
+            "seconds": hist.seconds,
+            "train_loss": hist.train_loss,
+            "val_loss": hist.val_loss,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        }
     if is_main_process():
         if args.out:
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            torch.save({"model": state, "report": report}, args.out)
-        if not args.quiet:
-            print(json.dumps({k: report[k] for k in ("world_size", "epochs_run", "seconds")}))
+            torch.save(report, args.out)
+        for name, r in report.items() if not args.quiet else []:
+            print(
+                json.dumps(
+                    {
+                        "run": name,
+                        **{k: r[k] for k in ("world_size", "epochs_run", "seconds", "val_loss")},
+                    }
+                )
+            )
     if dist.is_initialized():
         dist.destroy_process_group()
     return report
 
 
 if __name__ == "__main__":
-    t0 = time.perf_counter()
     main()

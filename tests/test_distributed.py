@@ -1,0 +1,191 @@
+"""Multi-process training: the same fit under torchrun (2 CPU processes, gloo) as on one process.
+
+The 2-process run uses ``scripts/train_ddp.py``, the entry point that the README documents.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
+
+from dgm_edu import train as train_mod
+from dgm_edu.train import History, load_checkpoint, shard_loader
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "train_ddp.py"
+
+
+def _as_rank(monkeypatch, rank: int, world: int) -> None:
+    monkeypatch.setattr(train_mod, "dist_info", lambda: (rank, world))
+
+
+def _batches(loader, epoch: int) -> list[list[int]]:
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    return [b[0].tolist() for b in loader]
+
+
+def test_sharding_keeps_the_global_batches(monkeypatch):
+    data = TensorDataset(torch.arange(20))
+    # the single-process loader of scripts/train_ddp.py: a seeded shuffle, global batch 6
+    single = DataLoader(data, batch_size=6, sampler=DistributedSampler(data, 1, 0, seed=3))
+    for sampler_kind in ("distributed", "random"):
+        loader = single if sampler_kind == "distributed" else DataLoader(data, 6, shuffle=True)
+        shards = []
+        for rank in range(2):
+            _as_rank(monkeypatch, rank, 2)
+            shards.append(shard_loader(loader, seed=3))
+        assert [s.batch_size for s in shards] == [3, 3]
+        for epoch in range(2):
+            a, b = _batches(shards[0], epoch), _batches(shards[1], epoch)
+            merged = [sorted(x + y) for x, y in zip(a, b)]
+            assert merged == [sorted(x) for x in _batches(single, epoch)]  # same global batches
+        assert _batches(shards[0], 0) != _batches(shards[0], 1)  # set_epoch reshuffles
+
+    # evaluation: every example exactly once over the ranks, no padding
+    val = DataLoader(TensorDataset(torch.arange(7)), batch_size=4)
+    seen = []
+    for rank in range(3):
+        _as_rank(monkeypatch, rank, 3)
+        seen += [i for b in shard_loader(val, evaluation=True) for i in b[0].tolist()]
+    assert sorted(seen) == list(range(7))
+
+    _as_rank(monkeypatch, 0, 4)
+    with pytest.warns(
+        UserWarning,
+        match=r"batch_size 6 is not divisible by 4 processes: each "
+        r"takes 1, so the global batch becomes 4",
+    ):
+        shard_loader(single)
+    weighted = DataLoader(data, 4, sampler=WeightedRandomSampler(torch.ones(20), 20))
+    with pytest.raises(
+        ValueError,
+        match=r"Cannot shard a DataLoader with a WeightedRandomSampler "
+        r"across processes: expected shuffle=True/False or a DistributedSampler",
+    ):
+        shard_loader(weighted)
+    _as_rank(monkeypatch, 0, 1)
+    assert shard_loader(weighted) is weighted  # one process: loaders are used as they are
+
+
+def test_only_rank_0_writes_checkpoints(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 1)
+    opt = {"optimizer": torch.optim.SGD(model.parameters(), lr=0.1)}
+    gathered = []
+
+    def fake_gather(out, obj):  # stands in for the all-gather of every rank's RNG state
+        gathered.append(obj)
+        out[:] = [obj] * len(out)
+
+    monkeypatch.setattr(train_mod.dist, "all_gather_object", fake_gather)
+    monkeypatch.setattr(train_mod.dist, "barrier", lambda: None)
+    for rank in (1, 0):
+        _as_rank(monkeypatch, rank, 2)
+        train_mod._save_training_state(
+            tmp_path / f"r{rank}.pt", model, opt, None, History(), 1, 0, None
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0.json", "r0.pt"]
+    assert len(load_checkpoint(tmp_path / "r0.pt")["rng_ranks"]) == 2 and len(gathered) == 2
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("train_ddp", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    args = [
+        "--epochs",
+        "2",
+        "--batch-size",
+        "100",
+        "--step",
+        "both",
+        "--backend",
+        "gloo",
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--redirects",
+            "3",
+            str(SCRIPT),
+            *args,
+            "--out",
+            str(tmp_path / "two.pt"),
+            "--checkpoint",
+            str(tmp_path / "ckpt.pt"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    wall_two = time.perf_counter() - t0
+    logs = {
+        p.parent.name + "/" + p.name: p.read_text() for p in (tmp_path / "logs").rglob("std*.log")
+    }
+    assert proc.returncode == 0, proc.stderr[-3000:] + "\n".join(logs.values())[-3000:]
+    # rank 0 alone prints the report and draws the progress bars
+    assert logs["0/stdout.log"].count('"world_size": 2') == 2 and logs["1/stdout.log"] == ""
+    assert "pixel mixture (loss)" in logs["0/stderr.log"]
+    assert "pixel mixture" not in logs["1/stderr.log"]
+    ckpt = load_checkpoint(tmp_path / "ckpt-loss.pt")  # written once, by rank 0, with both RNGs
+    assert ckpt["epoch"] == 2 and len(ckpt["rng_ranks"]) == 2
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        _load_script().main([*args, "--quiet", "--out", str(tmp_path / "one.pt")])
+        wall_one = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for run in ("loss", "train_step"):  # the DDP wrapper, and gradient hooks for train_step
+        assert one[run]["world_size"] == 1 and two[run]["world_size"] == 2
+        for name, w1 in one[run]["model"].items():
+            w2 = two[run]["model"][name]
+            rel = ((w2 - w1).norm() / w1.norm()).item()
+            assert rel < 1e-5, (run, name, rel)
+        assert two[run]["val_loss"] == pytest.approx(one[run]["val_loss"], rel=1e-6)
+        assert two[run]["train_loss"] == pytest.approx(one[run]["train_loss"], rel=1e-6)
+    print(
+        json.dumps(
+            {
+                "fit_seconds_1proc": one["loss"]["seconds"],
+                "fit_seconds_2proc": two["loss"]["seconds"],
+                "wall_torchrun_2proc": wall_two,
+                "wall_inprocess_1proc": wall_one,
+            }
+        )
+    )
