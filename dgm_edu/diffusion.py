@@ -177,13 +177,14 @@ def model_to_digits(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class DiffusionConfig:
     data: str = "digits"  # "digits" (8x8, U-Net) or "toy" (2D points, MLP)
-    schedule: str = "cosine"  # "linear" or "cosine"
+    schedule: str = "linear"  # "linear" or "cosine"
     T: int = 1000
     channels: int = 64  # U-Net width (digits) or MLP width (toy)
     num_classes: int = 0  # > 0: class-conditional, trained with label dropout for guidance
     p_uncond: float = 0.2  # probability of dropping the label during training (CFG)
     head: str = "eps"  # "eps": the net predicts eps; "levels": logits over the 17 levels (below)
-    bound_samples: int = 128  # timesteps per image in log_prob's stratified estimator
+    bound_samples: int = 64  # timesteps per image in log_prob's stratified estimator
+    proposal_bins: int = 32  # log-SNR bins of the adaptive importance sampler over t
 
 
 class _Denoiser(nn.Module):
@@ -243,6 +244,11 @@ class Diffusion(_Denoiser):
         self.register_buffer("abar", abar.float())
         self.register_buffer("beta", torch.cat([torch.zeros(1), 1 - abar[1:] / abar[:-1]]).float())
         self.register_buffer("w", w.float())
+        # log-SNR bins for the importance sampler: equal shares of W = sum_t w_t
+        cdf = (w.cumsum(0) / w.sum()).float()
+        bins = c.proposal_bins
+        self.register_buffer("bin_of_t", (cdf * bins).clamp(max=bins - 1e-3).long())
+        self.register_buffer("bin_loss", torch.ones(bins))  # running share of the bound per bin
         self.register_buffer("levels", torch.linspace(-1, 1, LEVELS))
 
     # ------------------------------------------------------------------ the forward process
@@ -287,23 +293,52 @@ class Diffusion(_Denoiser):
         return eps, (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
 
     # ------------------------------------------------------------------ training and the bound
-    def _sample_t(self, n: int, u: torch.Tensor | None = None) -> torch.Tensor:
-        """t ~ w_t / W by inverting the CDF at uniforms u (B,)."""
+    def proposal(self) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Importance distribution q_t over t = 0..T and the weights w_t / q_t, (T+1,) each.
+
+        Within a log-SNR bin q_t is proportional to w_t; across bins it is 10% uniform in log-SNR
+        and 90% proportional to each bin's running share of the bound (Nichol & Dhariwal 2021).
+        Any such q gives an unbiased estimate; a good q only lowers the variance.
+        """
+        nb = len(self.bin_loss)
+        share = 0.1 / nb + 0.9 * self.bin_loss / self.bin_loss.sum()  # (nb,)
+        w_bin = torch.zeros(nb, device=self.w.device).index_add_(0, self.bin_of_t, self.w)
+        q = self.w / w_bin[self.bin_of_t].clamp(min=1e-30) * share[self.bin_of_t]  # (T+1,)
+        q = q / q.sum()  # bins without any w_t > 0 (t = 0, 1) get nothing
+        ratio = torch.where(q > 0, self.w / q.clamp(min=1e-30), torch.zeros_like(q))
+        return q, ratio
+
+    def _sample_t(self, n: int, u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """t ~ q by inverting its CDF at uniforms u (B,); returns t and w_t / q_t."""
         u = torch.rand(n, device=self.w.device) if u is None else u
-        cdf = self.w.cumsum(0) / self.w.sum()
-        return torch.searchsorted(cdf, u.clamp(max=1 - 1e-6) * cdf[-1]).clamp(2, self.config.T)
+        q, ratio = self.proposal()
+        cdf = q.cumsum(0)
+        t = torch.searchsorted(cdf, u.clamp(max=1 - 1e-6) * cdf[-1]).clamp(2, self.config.T)
+        return t, ratio[t]
 
     def diffusion_term(
         self, x0: torch.Tensor, y=None, u: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """One-sample estimate of sum_{t=2}^T L_{t-1} = W E_{t ~ w/W} ||eps - epshat||^2, (B,)."""
-        t = self._sample_t(len(x0), u)
+        """One-sample estimate of sum_{t=2}^T L_{t-1} = E_{t ~ q} (w_t / q_t) ||eps - epshat||^2."""
+        t, ratio = self._sample_t(len(x0), u)
         eps = torch.randn_like(x0)
         eps_hat, _ = self.predict(self.q_sample(x0, t, eps), t, y)
-        return self.w.sum() * (eps - eps_hat).pow(2).flatten(1).sum(1)
+        terms = ratio * (eps - eps_hat).float().pow(2).flatten(1).sum(1)  # (B,)
+        if self.training:  # track each bin's share of the bound, sum_{t in bin} w_t l_t
+            # = q(bin) E_q[(w_t / q_t) l_t | bin]
+            with torch.no_grad():
+                nb, b = len(self.bin_loss), self.bin_of_t[t]
+                q, _ = self.proposal()
+                q_bin = torch.zeros(nb, device=q.device).index_add_(0, self.bin_of_t, q)
+                est = torch.zeros(nb, device=q.device).index_add_(0, b, terms * q_bin[b])
+                cnt = torch.zeros(nb, device=q.device).index_add_(0, b, torch.ones_like(terms))
+                seen = cnt > 0
+                new = torch.where(seen, est / cnt.clamp(min=1), self.bin_loss)
+                self.bin_loss.lerp_(new, 0.05 * seen.float())
+        return terms
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The bound's diffusion term (nats/image for digits), sampled uniformly in log-SNR."""
+        """The bound's diffusion term (nats/image for digits), importance-sampled over t."""
         return self.diffusion_term(self._encode(x), self._drop_labels(y)).mean()
 
     def prior_term(self, x0: torch.Tensor) -> torch.Tensor:

@@ -195,3 +195,21 @@ def test_works_under_autocast_and_classifier_free_guidance():
         assert torch.isfinite(model.loss(x, torch.arange(4)))
     out = model.ddim_sample(4, steps=5, y=3, guidance=2.0)
     assert out.dtype == torch.int64 and out.min() >= 0 and out.max() <= LEVELS - 1
+
+
+def test_importance_sampler_is_unbiased_for_any_bin_shares():
+    # sum_t q_t (w_t / q_t) f(t) = sum_t w_t f(t) exactly, and t ~ q in distribution
+    # (catches an unnormalised q, or weights w_t / q_t computed for another q)
+    model = Diffusion(DiffusionConfig(data="toy", schedule="linear"))
+    torch.manual_seed(0)
+    model.bin_loss.uniform_(0.01, 10.0)
+    q, ratio = model.proposal()
+    f = torch.rand(len(q), dtype=torch.float64)
+    assert torch.allclose(
+        (q.double() * ratio.double() * f).sum(), (model.w.double() * f).sum(), rtol=1e-4
+    )
+    t, r = model._sample_t(200_000)
+    assert torch.allclose(r, ratio[t])
+    freq = torch.bincount(model.bin_of_t[t], minlength=len(model.bin_loss)).double() / len(t)
+    q_bin = torch.zeros_like(freq).index_add_(0, model.bin_of_t, q.double())
+    assert torch.allclose(freq, q_bin, atol=3e-3)
