@@ -1,7 +1,7 @@
 """Benchmark the book's diffusion model: the test bound, FID, and DDIM against ancestral sampling.
 
-.venv/bin/python benchmarks/diffusion.py          # full mode, writes benchmarks/results/diffusion.json
-.venv/bin/python benchmarks/diffusion.py --fast   # the chapter's fast budget (a smoke test)
+.venv/bin/python benchmarks/diffusion.py         # full mode -> benchmarks/results/diffusion.json
+.venv/bin/python benchmarks/diffusion.py --fast  # the chapter's fast budget (a smoke test)
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
         "machine": "2-core CPU shared with other jobs: times are inflated",
     }
 
-    # sampling: class-conditional (labels 0..9 cycling, guidance 1), the same noise for every sampler
+    # sampling: class-conditional (labels 0..9 cycling, guidance 1), same noise for each sampler
     n = args.samples if not is_fast() else 50
     y = torch.arange(n) % NUM_CLASSES
     has_fid = hasattr(metrics, "fid")
