@@ -1,0 +1,366 @@
+r"""Generative adversarial networks: a generator and a discriminator playing a two-player game.
+
+The generator :math:`G` maps noise :math:`z \sim \mathcal N(0, I)` to a sample; the discriminator
+:math:`D` (the *critic* in WGAN) scores how real a sample looks. With :math:`D = \sigma(\ell)`,
+:math:`\ell` the logit, the game of Goodfellow et al. (2014) is
+
+.. math:: \min_G \max_D \; \mathbb E_{x\sim p_\text{data}}[\log D(x)]
+          + \mathbb E_{z}[\log(1 - D(G(z)))].
+
+For a fixed :math:`G` the best discriminator is :math:`D^*(x) = p_\text{data}(x) /
+(p_\text{data}(x) + p_g(x))`, and against it the generator minimises
+:math:`2\,\mathrm{JS}(p_\text{data}\,\|\,p_g) - \log 4`.
+
+Three generator/discriminator objectives live here (``GANConfig.loss``):
+
+* ``"minimax"``: the generator minimises :math:`\mathbb E\log(1 - D(G(z)))` (saturates early);
+* ``"nonsaturating"``: it minimises :math:`-\mathbb E\log D(G(z))` instead (same fixed point);
+* ``"wgan-gp"``: a critic :math:`f` estimates the Wasserstein-1 distance,
+  :math:`\max_f \mathbb E f(x) - \mathbb E f(G(z))`, kept 1-Lipschitz by a gradient penalty.
+
+A GAN is an *implicit* model: it can sample but has no density, so it has **no** ``log_prob``.
+Judge it with :mod:`dgm_edu.metrics` (``fid``, ``kid``, ``precision_recall``, ``mode_coverage``).
+
+How it plugs into the shared trainer: :meth:`GAN.train_step` takes a batch and the dict
+``{"generator": opt_g, "discriminator": opt_d}`` and does one round of the game;
+:func:`dgm_edu.train.fit` calls it instead of its default step. :meth:`GAN.loss` is what ``fit``
+reports as the validation loss: the discriminator's loss on held-out real data against fresh
+fakes (for WGAN-GP, the critic's loss without the penalty). It tells you whether the discriminator
+is winning or memorising the training set; it is **not** a measure of sample quality, so train GANs
+with ``restore_best=False`` and no early stopping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgm_edu.data import IMAGE_SHAPE, LEVELS, dequantize, validate_digits
+
+LOSSES = ("minimax", "nonsaturating", "wgan-gp")
+
+
+@dataclass
+class GANConfig:
+    data_shape: tuple[int, ...] = IMAGE_SHAPE  # (1, 8, 8) raw digits, or (2,) for the 2D toys
+    arch: str = "mlp"  # "mlp", or "conv" (images only)
+    latent_dim: int = 16
+    hidden: int = 256  # MLP width; conv nets use hidden // 4 and hidden // 2 channels
+    loss: str = "nonsaturating"  # one of LOSSES
+    gp_weight: float = 10.0  # lambda of the gradient penalty (wgan-gp only)
+    critic_steps: int = 1  # discriminator updates per generator update
+    num_classes: int = 0  # > 0: class-conditional G(z, y) and D(x, y)
+
+    def __post_init__(self) -> None:
+        self.data_shape = tuple(self.data_shape)
+        if self.loss not in LOSSES:
+            raise ValueError(f"Unknown loss {self.loss!r}: expected one of {LOSSES}")
+        if self.arch not in ("mlp", "conv"):
+            raise ValueError(f"Unknown arch {self.arch!r}: expected 'mlp' or 'conv'")
+        if self.arch == "conv" and self.data_shape != IMAGE_SHAPE:
+            raise ValueError(f"arch='conv' needs data_shape {IMAGE_SHAPE}, got {self.data_shape}")
+
+    @property
+    def is_image(self) -> bool:
+        return self.data_shape == IMAGE_SHAPE
+
+
+# --------------------------------------------------------------------------- the losses
+# D outputs a logit l, D(x) = sigmoid(l); log D = -softplus(-l) and log(1 - D) = -softplus(l).
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    r"""-E[log D(x)] - E[log(1 - D(G(z)))]: binary cross-entropy, real = 1, fake = 0."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str = "nonsaturating") -> torch.Tensor:
+    r"""The generator's objective from the discriminator's logits on fakes ``(N,)``.
+
+    minimax: :math:`\mathbb E\log(1 - D)`, gradient in the logit :math:`-D` (vanishes as D -> 0);
+    non-saturating: :math:`-\mathbb E\log D`, gradient :math:`-(1 - D)` (large when D -> 0);
+    wgan-gp: :math:`-\mathbb E f(G(z))` (the logit is the critic's value).
+    """
+    if kind == "minimax":
+        return -F.softplus(fake_logits).mean()
+    if kind == "nonsaturating":
+        return F.softplus(-fake_logits).mean()
+    if kind == "wgan-gp":
+        return -fake_logits.mean()
+    raise ValueError(f"Unknown loss {kind!r}: expected one of {LOSSES}")
+
+
+def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    r"""WGAN critic: :math:`\mathbb E f(G(z)) - \mathbb E f(x)`, minus the Wasserstein estimate."""
+    return fake_scores.mean() - real_scores.mean()
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, *args) -> torch.Tensor:
+    r"""WGAN-GP penalty :math:`\mathbb E_{\hat x}(\lVert\nabla_{\hat x} f(\hat x)\rVert_2 - 1)^2`.
+
+    :math:`\hat x = \epsilon x + (1-\epsilon)\tilde x`, :math:`\epsilon \sim U[0,1]` per example,
+    on straight lines between real and fake points. ``args`` (labels) are passed on to ``critic``.
+    """
+    eps = torch.rand(len(real), *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    x_hat = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
+    scores = critic(x_hat, *args)  # (N,)
+    # create_graph: the penalty itself is differentiated when the critic is updated
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def optimal_discriminator(p_data: torch.Tensor, p_g: torch.Tensor) -> torch.Tensor:
+    """D*(x) = p_data(x) / (p_data(x) + p_g(x)), from the two densities at the same points."""
+    return p_data / (p_data + p_g)
+
+
+# --------------------------------------------------------------------------- the networks
+class Generator(nn.Module):
+    """z ``(N, latent)`` (and labels ``(N,)``) -> a point in model space, shape ``data_shape``."""
+
+    def __init__(self, c: GANConfig) -> None:
+        super().__init__()
+        self.config = c
+        d_in, h = c.latent_dim + c.num_classes, c.hidden
+        if c.arch == "mlp":
+            self.net = nn.Sequential(
+                nn.Linear(d_in, h), nn.ReLU(),
+                nn.Linear(h, h), nn.ReLU(),
+                nn.Linear(h, math.prod(c.data_shape)),
+            )  # fmt: skip
+        else:  # (N, d_in) -> (N, 2w, 4, 4) -> upsample -> (N, w, 8, 8) -> (N, 1, 8, 8)
+            w = h // 4
+            self.net = nn.Sequential(
+                nn.Linear(d_in, 2 * w * 16), nn.ReLU(), nn.Unflatten(1, (2 * w, 4, 4)),
+                nn.Upsample(scale_factor=2), nn.Conv2d(2 * w, w, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, 1, 3, padding=1),
+            )  # fmt: skip
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.num_classes:
+            z = torch.cat([z, F.one_hot(y, self.config.num_classes).to(z.dtype)], dim=1)
+        out = self.net(z).view(len(z), *self.config.data_shape)
+        # images live in (-1, 1) (see GAN.to_model_space); toy points are unbounded
+        return torch.tanh(out) if self.config.is_image else out
+
+
+class Discriminator(nn.Module):
+    """A point ``data_shape`` (and labels) -> one logit (or critic value) per example ``(N,)``.
+
+    Conditional: a projection discriminator (Miyato & Koyama, 2018),
+    :math:`\\ell(x, y) = w^\\top h(x) + e_y^\\top h(x)`, with :math:`e_y` a learned class embedding.
+    """
+
+    def __init__(self, c: GANConfig) -> None:
+        super().__init__()
+        self.config = c
+        h = c.hidden
+        if c.arch == "mlp":
+            self.body = nn.Sequential(
+                nn.Flatten(), nn.Linear(math.prod(c.data_shape), h), nn.LeakyReLU(0.2),
+                nn.Linear(h, h), nn.LeakyReLU(0.2),
+            )  # fmt: skip
+        else:  # (N, 1, 8, 8) -> (N, w, 8, 8) -> (N, 2w, 4, 4) -> (N, h)
+            w = h // 4
+            self.body = nn.Sequential(
+                nn.Conv2d(1, w, 3, padding=1), nn.LeakyReLU(0.2),
+                nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+                nn.Flatten(), nn.Linear(2 * w * 16, h), nn.LeakyReLU(0.2),
+            )  # fmt: skip
+        self.head = nn.Linear(h, 1)
+        self.embed = nn.Embedding(c.num_classes, h) if c.num_classes else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.body(x)  # (N, H)
+        out = self.head(h).squeeze(1)  # (N,)
+        if self.embed is not None:
+            out = out + (self.embed(y) * h).sum(dim=1)  # projection term e_y^T h(x)
+        return out
+
+
+# --------------------------------------------------------------------------- the model
+class GAN(nn.Module):
+    """Generator + discriminator, with the library face ``loss``, ``sample`` and ``train_step``.
+
+    Digits: raw levels are dequantized, ``u = (x + U[0,1)) / 17``, and mapped to ``2u - 1`` in
+    (-1, 1), where the generator's tanh lives; :meth:`sample` maps back with ``floor(17 u)``. So the
+    discriminator never sees the 17 discrete levels that the generator cannot produce exactly.
+    """
+
+    def __init__(self, config: GANConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or GANConfig()
+        self.generator = Generator(c)
+        self.discriminator = Discriminator(c)
+
+    # ---- data <-> model space
+    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw digits -> dequantized values in (-1, 1); 2D toy points pass through as floats."""
+        if not self.config.is_image:
+            return x.float()
+        return 2 * dequantize(validate_digits(x)) - 1  # (N, 1, 8, 8)
+
+    def to_data_space(self, v: torch.Tensor) -> torch.Tensor:
+        """Generator output -> raw-digit int levels 0..16 (images) or float points (toys)."""
+        if not self.config.is_image:
+            return v.float()
+        return ((v.float() + 1) / 2 * LEVELS).floor().clamp(0, LEVELS - 1).long()
+
+    # ---- the game
+    def _latent(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(n, self.config.latent_dim, device=like.device)
+
+    def _labels(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if not self.config.num_classes:
+            return ()
+        if len(batch) < 2:
+            raise ValueError("A conditional GAN needs (x, y) batches: use labels=True loaders")
+        return (batch[1],)
+
+    def generate(self, z: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
+        """G(z, y) in model space (differentiable)."""
+        return self.generator(z, *y)
+
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
+        """The discriminator's (critic's) training loss on model-space real and fake batches."""
+        real_out, fake_out = self.discriminator(real, *y), self.discriminator(fake, *y)
+        if self.config.loss == "wgan-gp":
+            penalty = gradient_penalty(self.discriminator, real, fake, *y)
+            return critic_loss(real_out, fake_out) + self.config.gp_weight * penalty
+        return discriminator_loss(real_out, fake_out)
+
+    def train_step(self, batch: tuple[torch.Tensor, ...], optimizers) -> dict[str, float]:
+        """One round of the game: ``critic_steps`` discriminator updates, one generator update.
+
+        ``optimizers = {"generator": ..., "discriminator": ...}``. Returns the per-batch logs that
+        :func:`dgm_edu.train.fit` averages per epoch: ``loss`` (= the discriminator's loss),
+        ``d_loss``, ``g_loss``, and the mean discriminator outputs ``d_real`` and ``d_fake``
+        (probabilities, or critic values for WGAN-GP).
+        """
+        opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
+        y = self._labels(batch)
+        real = self.to_model_space(batch[0])
+        n = len(real)
+        for _ in range(self.config.critic_steps):
+            with torch.no_grad():
+                fake = self.generate(self._latent(n, real), *y)
+            d_loss = self.d_loss(real, fake, *y)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        # generator step: gradients flow through D into G; only G's optimizer steps
+        fake_out = self.discriminator(self.generate(self._latent(n, real), *y), *y)
+        g_loss = generator_loss(fake_out, self.config.loss)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        with torch.no_grad():
+            real_out = self.discriminator(real, *y)
+        squash = (lambda t: t) if self.config.loss == "wgan-gp" else torch.sigmoid
+        return {
+            "loss": d_loss.item(),
+            "d_loss": d_loss.item(),
+            "g_loss": g_loss.item(),
+            "d_real": squash(real_out).mean().item(),
+            "d_fake": squash(fake_out.detach()).mean().item(),
+        }
+
+    def loss(self, x: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
+        """The discriminator's loss on ``x`` (held-out real data) against fresh generator samples.
+
+        What ``fit`` reports as the validation loss. Cross-entropy for minimax/non-saturating (log 4
+        = 1.386 when D cannot tell real from fake, near 0 when it wins); for WGAN-GP the critic loss
+        without the penalty (minus the Wasserstein estimate). A GAN has no likelihood: this is a
+        diagnostic of the game, not of sample quality.
+        """
+        real = self.to_model_space(x)
+        fake = self.generate(self._latent(len(real), real), *labels)
+        real_out, fake_out = self.discriminator(real, *labels), self.discriminator(fake, *labels)
+        if self.config.loss == "wgan-gp":
+            return critic_loss(real_out, fake_out)
+        return discriminator_loss(real_out, fake_out)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` samples: raw-digit int levels ``(n, 1, 8, 8)``, or toy points ``(n, 2)``.
+
+        A conditional GAN takes ``labels (n,)``; by default it cycles through the classes 0..9.
+        """
+        device = self.generator.net[0].weight.device
+        z = torch.randn(n, self.config.latent_dim, device=device)
+        y = ()
+        if self.config.num_classes:
+            if labels is None:
+                labels = torch.arange(n) % self.config.num_classes
+            y = (labels.to(device),)
+        return self.to_data_space(self.generate(z, *y))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
+        """Given latents ``(N, latent)``, the samples in data space (for latent interpolation)."""
+        return self.to_data_space(self.generate(z, *labels))
+
+
+def make_optimizers(
+    model: GAN, lr: float = 2e-4, betas=(0.5, 0.999), lr_d: float | None = None
+) -> dict[str, torch.optim.Optimizer]:
+    """Adam for each player, with the DCGAN settings (beta1 = 0.5) by default.
+
+    ``lr_d`` gives the discriminator its own learning rate (default: the same ``lr``).
+    """
+    lr_d = lr if lr_d is None else lr_d
+    return {
+        "generator": torch.optim.Adam(model.generator.parameters(), lr=lr, betas=betas),
+        "discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=lr_d, betas=betas),
+    }
+
+
+# --------------------------------------------------------------------------- reference recipes
+RING_CONFIG = GANConfig(data_shape=(2,), hidden=128, latent_dim=2)
+DIGITS_CONFIG = GANConfig(arch="conv", hidden=64, latent_dim=16)
+
+
+def train_reference(
+    *,
+    checkpoint: str | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    data: str = "digits",
+    config: GANConfig | None = None,
+):
+    """The book's recipes: ``data="digits"`` (the benchmark) or ``data="ring8"`` (the 2D toy).
+
+    Non-saturating loss, Adam(beta1=0.5) for both players, no early stopping and no best-epoch
+    restore (the validation loss is the discriminator's, not a quality measure). ``config``
+    overrides the architecture/loss (the chapter uses it for the conditional GAN and WGAN-GP).
+    Returns ``(model, history)``.
+    """
+    from dgm_edu.data import digits_loader, make_loader, toy_2d
+    from dgm_edu.runtime import budget, seed_everything
+    from dgm_edu.train import fit
+
+    seed_everything(seed)
+    if data == "ring8":
+        config = config or RING_CONFIG
+        train = make_loader(toy_2d("ring8", 2000, seed=seed), batch_size=128, shuffle=True)
+        val = make_loader(toy_2d("ring8", 500, seed=seed + 1), batch_size=500, shuffle=False)
+        epochs, lr = budget(fast=20, full=400), 1e-3
+    elif data == "digits":
+        config = config or DIGITS_CONFIG
+        labels = config.num_classes > 0
+        train = digits_loader("train", 64, labels=labels, drop_last=True)
+        val = digits_loader("val", 350, labels=labels)
+        epochs, lr = budget(fast=10, full=300), 5e-4
+    else:
+        raise ValueError(f"Unknown data {data!r}: expected 'digits' or 'ring8'")
+    model = GAN(config)
+    betas = (0.5, 0.9) if config.loss == "wgan-gp" else (0.5, 0.999)
+    history = fit(
+        model, make_optimizers(model, lr=lr, betas=betas), train, val,
+        epochs=epochs, checkpoint=checkpoint, progress=progress, seed=seed,
+        restore_best=False, desc=f"gan-{data}",
+    )  # fmt: skip
+    model.eval()
+    return model, history
