@@ -1,0 +1,457 @@
+r"""Autoregressive models: exact likelihood through the chain rule.
+
+Any distribution over D ordered variables factorises exactly as
+
+.. math:: p(x) = \prod_{i=1}^{D} p(x_i \mid x_{<i}),
+
+so a network that outputs the conditional of variable i from the variables before it gives an
+exact, normalised :math:`\log p(x) = \sum_i \log p(x_i \mid x_{<i})`. The network must be *causal*:
+output i may not see input i or anything after it. This module enforces that with masks.
+
+Images (raster order, 17-way categorical per pixel):
+
+- :class:`MaskedConv2d`: a convolution whose kernel is multiplied by a fixed mask (a buffer).
+  Type A hides the centre pixel (first layer), type B shows it (later layers).
+- :class:`PixelCNN`: a type-A conv and residual type-B convs (van den Oord et al., 2016a). Its
+  receptive field has a *blind spot* to the upper right.
+- :class:`GatedPixelCNN`: vertical and horizontal stacks with gated activations (van den Oord et
+  al., 2016b); no blind spot. Both take optional class conditioning.
+
+Text (characters of a name, one by one):
+
+- :class:`CharRNN` (GRU) and :class:`CharTransformer` (causal self-attention) behind one face,
+  :class:`CharModel`: ``loss(tokens)``, ``log_prob(tokens)``, ``sample(n, temperature)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgm_edu.data import (
+    IMAGE_SHAPE,
+    LEVELS,
+    NUM_CLASSES,
+    digits_loader,
+    make_loader,
+    validate_digits,
+)
+from dgm_edu.runtime import budget, seed_everything
+from dgm_edu.train import History, fit
+
+
+# =========================================================================== masked convolutions
+def causal_mask(kernel: tuple[int, int], mask_type: str) -> torch.Tensor:
+    """The ``(kh, kw)`` 0/1 mask of a raster-order causal kernel centred on the output pixel.
+
+    Rows below the centre are hidden; on the centre row, columns right of the centre are hidden,
+    and the centre itself too for type ``"A"``. A ``(1, kw)`` kernel gives the horizontal stack's
+    mask; a ``(kh, kw)`` kernel with ``"V"`` (vertical) keeps the centre row whole and ``"VA"``
+    hides it.
+    """
+    kh, kw = kernel
+    cy, cx = kh // 2, kw // 2
+    mask = torch.ones(kh, kw)
+    mask[cy + 1 :, :] = 0  # rows below: the future
+    if mask_type == "A":
+        mask[cy, cx:] = 0  # the centre pixel and everything to its right
+    elif mask_type == "B":
+        mask[cy, cx + 1 :] = 0  # everything right of the centre
+    elif mask_type == "VA":
+        mask[cy, :] = 0  # vertical stack, first layer: strictly the rows above
+    elif mask_type != "V":
+        raise ValueError(f"Unknown mask_type {mask_type!r}: expected 'A', 'B', 'V' or 'VA'")
+    return mask
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A 'same'-padded convolution whose kernel is ``weight * mask`` (the mask is a buffer)."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int | tuple[int, int], mask_type: str
+    ) -> None:
+        kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+        super().__init__(c_in, c_out, kernel)
+        self.mask_type = mask_type
+        self.register_buffer("mask", causal_mask(kernel, mask_type)[None, None])  # (1,1,kh,kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        # masked weight: the hidden taps contribute exactly zero, to the output and the gradient;
+        # the rows below the centre are all hidden, so we drop them and pad only above
+        weight = (self.weight * self.mask)[:, :, : kh // 2 + 1]  # (C_out, C_in, kh//2+1, kw)
+        x = F.pad(x, (kw // 2, kw // 2, kh // 2, 0))  # 'same' output size
+        return F.conv2d(x, weight, self.bias)
+
+
+# =========================================================================== image models
+@dataclass
+class PixelCNNConfig:
+    height: int = 8
+    width: int = 8
+    levels: int = LEVELS  # categories per pixel (17 grey levels for the digits)
+    channels: int = 64
+    num_layers: int = 6  # residual (PixelCNN) or gated (GatedPixelCNN) layers
+    kernel_size: int = 3  # of the later layers (the PixelCNN's first layer uses 2k+1)
+    num_classes: int = 0  # > 0: class-conditional p(x | y)
+    dropout: float = 0.0
+
+
+class _PixelModel(nn.Module):
+    """The shared face: preprocessing, exact log_prob, loss and sequential sampling.
+
+    Subclasses define ``forward(h, y) -> logits`` with ``h`` the float image ``(N, 1, H, W)``
+    and logits ``(N, L, H, W)``, where logits at pixel i may depend only on pixels before i.
+    """
+
+    def __init__(self, config: PixelCNNConfig, cond_channels: int) -> None:
+        super().__init__()
+        self.config = config
+        if config.num_classes > 0:  # one learned bias per class, added in every layer
+            self.class_embedding = nn.Embedding(config.num_classes, cond_channels)
+
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if (c.height, c.width, c.levels) == (*IMAGE_SHAPE[1:], LEVELS):
+            return validate_digits(x)
+        if x.dim() != 4 or tuple(x.shape[1:]) != (1, c.height, c.width):
+            raise ValueError(f"Expected images (N, 1, {c.height}, {c.width}), got {tuple(x.shape)}")
+        if x.min() < 0 or x.max() > c.levels - 1:
+            raise ValueError(f"Expected integer levels 0..{c.levels - 1}")
+        return x
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer levels -> floats in [-1, 1]: ``(N, 1, H, W)``."""
+        return x.float() / (self.config.levels - 1) * 2 - 1
+
+    def _cond(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if self.config.num_classes == 0:
+            return None
+        if y is None:
+            raise ValueError("This model is class-conditional: pass labels y of shape (N,)")
+        return self.class_embedding(y.view(n))[:, :, None, None]  # (N, C_cond, 1, 1)
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        r"""Exact :math:`\log p(x) = \sum_i \log p(x_i \mid x_{<i})` in nats: ``(N,)``.
+
+        A conditional model with ``y=None`` returns the exact marginal
+        :math:`\log \sum_y p(y)\, p(x \mid y)` with a uniform p(y).
+        """
+        x = self._check(x)
+        k = self.config.num_classes
+        if k > 0 and y is None:
+            ys = torch.arange(k, device=x.device)
+            per_class = [self.log_prob(x, ys[j].expand(len(x))) for j in range(k)]  # k x (N,)
+            return torch.logsumexp(torch.stack(per_class, 1), 1) - math.log(k)
+        logits = self(self.preprocess(x), y).float()  # (N, L, H, W)
+        # log p(x_i | x_<i) for every pixel, summed over the pixels of each image
+        return -F.cross_entropy(logits, x[:, 0].long(), reduction="none").flatten(1).sum(1)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative log-likelihood, nats per image, averaged over the batch."""
+        if self.config.num_classes > 0 and y is None:
+            raise ValueError("Train a class-conditional model on (x, y) batches")
+        return -self.log_prob(x, y).mean()
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, y: torch.Tensor | int | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Draw ``(n, 1, H, W)`` int64 images pixel by pixel (H*W forward passes).
+
+        ``temperature`` divides the logits: < 1 sharpens every conditional, > 1 flattens it.
+        """
+        c = self.config
+        device = next(self.parameters()).device
+        if isinstance(y, int):
+            y = torch.full((n,), y, dtype=torch.long, device=device)
+        x = torch.zeros(n, 1, c.height, c.width, dtype=torch.long, device=device)
+        for i in range(c.height * c.width):
+            r, col = divmod(i, c.width)
+            logits = self(self.preprocess(x), y)[:, :, r, col].float()  # (n, L)
+            probs = torch.softmax(logits / temperature, dim=-1)
+            x[:, 0, r, col] = torch.multinomial(probs, 1).squeeze(1)
+        return x
+
+
+class PixelCNN(_PixelModel):
+    """Type-A masked conv, residual type-B convs, then a 1x1 head to L logits per pixel."""
+
+    def __init__(self, config: PixelCNNConfig | None = None) -> None:
+        c = config or PixelCNNConfig()
+        super().__init__(c, cond_channels=c.channels)
+        self.input = MaskedConv2d(1, c.channels, 2 * c.kernel_size + 1, "A")
+        self.layers = nn.ModuleList(
+            MaskedConv2d(c.channels, c.channels, c.kernel_size, "B") for _ in range(c.num_layers)
+        )
+        self.dropout = nn.Dropout(c.dropout)
+        self.head = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(c.channels, c.channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(c.channels, c.levels, 1),
+        )
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.input(h)  # (N, C, H, W): pixel i sees only pixels < i
+        cond = self._cond(y, len(h))
+        for conv in self.layers:
+            out = conv(self.dropout(F.relu(h)))
+            h = h + (out if cond is None else out + cond)  # residual: stays causal
+        return self.head(h)  # (N, L, H, W)
+
+
+class GatedLayer(nn.Module):
+    r"""One gated layer: :math:`\tanh(W_f * h) \odot \sigma(W_g * h)` on both stacks.
+
+    The vertical stack sees the rows above (a (k//2+1) x k window); the horizontal stack sees
+    the pixels to the left on the current row and receives the vertical stack through a 1x1 conv.
+    """
+
+    def __init__(self, c: PixelCNNConfig, first: bool = False) -> None:
+        super().__init__()
+        k, ch, c_in = c.kernel_size, c.channels, 1 if first else c.channels
+        self.first = first
+        self.v_conv = MaskedConv2d(c_in, 2 * ch, (k, k), "VA" if first else "V")
+        self.h_conv = MaskedConv2d(c_in, 2 * ch, (1, k), "A" if first else "B")
+        self.v_to_h = nn.Conv2d(2 * ch, 2 * ch, 1)
+        self.h_out = nn.Conv2d(ch, ch, 1)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(
+        self, v: torch.Tensor, h: torch.Tensor, cond: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        v_feat = self.v_conv(v)  # (N, 2C, H, W): rows strictly above the output pixel
+        h_feat = self.h_conv(h) + self.v_to_h(v_feat)  # + the current row, to the left
+        if cond is not None:
+            v_feat, h_feat = v_feat + cond, h_feat + cond  # (N, 2C, 1, 1) class bias
+        v_f, v_g = v_feat.chunk(2, 1)
+        h_f, h_g = h_feat.chunk(2, 1)
+        v = torch.tanh(v_f) * torch.sigmoid(v_g)  # gated activation
+        gated = self.h_out(self.dropout(torch.tanh(h_f) * torch.sigmoid(h_g)))
+        return v, gated if self.first else h + gated  # residual on the horizontal stack
+
+
+class GatedPixelCNN(_PixelModel):
+    """Vertical + horizontal stacks (no blind spot), gated units, optional class conditioning."""
+
+    def __init__(self, config: PixelCNNConfig | None = None) -> None:
+        c = config or PixelCNNConfig()
+        super().__init__(c, cond_channels=2 * c.channels)  # a bias for both the tanh and the gate
+        self.layers = nn.ModuleList(GatedLayer(c, first=i == 0) for i in range(c.num_layers))
+        self.head = nn.Sequential(
+            nn.ELU(),
+            nn.Conv2d(c.channels, c.channels, 1),
+            nn.ELU(),
+            nn.Conv2d(c.channels, c.levels, 1),
+        )
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        cond = self._cond(y, len(h))
+        v = h  # the first layer's masks (VA, A) hide the current pixel from both stacks
+        for layer in self.layers:
+            v, h = layer(v, h, cond)
+        return self.head(h)  # (N, L, H, W)
+
+
+def receptive_field(
+    model: _PixelModel, row: int, col: int, y: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(H, W)`` bool map of the input pixels that pixel (row, col)'s logits depend on.
+
+    Measured, not derived: the gradient of the logits with respect to a random input image.
+    """
+    c = model.config
+    x = torch.randn(2, 1, c.height, c.width, device=next(model.parameters()).device)
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x, y)[:, :, row, col].sum(), x)
+    return grad.abs().sum((0, 1)) > 0
+
+
+def train_reference(
+    *,
+    checkpoint: str | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    conditional: bool = False,
+) -> tuple[GatedPixelCNN, History]:
+    """The book's recipe: a gated PixelCNN on the digits, AdamW, early stopping on val NLL.
+
+    ``conditional=True`` trains p(x | y) on (image, label) batches instead.
+    """
+    seed_everything(seed)
+    config = budget(
+        fast=PixelCNNConfig(channels=32, num_layers=4, kernel_size=3),
+        full=PixelCNNConfig(channels=64, num_layers=8, kernel_size=3, dropout=0.1),
+    )
+    config.num_classes = NUM_CLASSES if conditional else 0
+    model = GatedPixelCNN(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=budget(fast=3e-3, full=2e-3), weight_decay=1e-2)
+    train = digits_loader("train", batch_size=32, labels=conditional)
+    val = digits_loader("val", batch_size=350, labels=conditional)
+    history = fit(
+        model,
+        opt,
+        train,
+        val,
+        epochs=budget(fast=4, full=60),
+        patience=budget(fast=None, full=8),
+        grad_clip=1.0,
+        checkpoint=checkpoint,
+        progress=progress,
+        seed=seed,
+        desc="gated-pixelcnn",
+    )
+    return model, history
+
+
+# =========================================================================== text
+def load_names(name: str = "names") -> list[str]:
+    """The words of ``dgm_edu/assets/<name>.txt`` (one a line; '#' lines are comments)."""
+    text = resources.files("dgm_edu").joinpath("assets", f"{name}.txt").read_text("utf-8")
+    return [w.strip() for w in text.splitlines() if w.strip() and not w.startswith("#")]
+
+
+class Vocab:
+    """Characters <-> ids; id 0 is '.', which both starts and ends every word."""
+
+    def __init__(self, words: list[str]) -> None:
+        self.chars = ["."] + sorted(set("".join(words)))
+        self.index = {ch: i for i, ch in enumerate(self.chars)}
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def encode(self, words: list[str], length: int) -> torch.Tensor:
+        """``(N, length + 1)`` ids: '.', the word, '.', then -1 padding (ignored by the loss)."""
+        out = torch.full((len(words), length + 1), -1, dtype=torch.long)
+        for n, w in enumerate(words):
+            ids = [0] + [self.index[ch] for ch in w] + [0]
+            out[n, : len(ids)] = torch.tensor(ids[: length + 1])
+        return out
+
+    def decode(self, ids: torch.Tensor) -> str:
+        """A sampled row ('.', c_1, c_2, ...) -> the word up to its end token."""
+        return "".join(self.chars[i] for i in ids[1:].tolist()).split(".")[0]
+
+
+@dataclass
+class CharConfig:
+    vocab_size: int = 27
+    max_len: int = 16  # longest sequence (characters + the end token)
+    dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 4  # Transformer only
+    dropout: float = 0.0
+
+
+class CharModel(nn.Module):
+    """The face shared by the text models: ``forward(inp) -> logits`` is all a subclass adds.
+
+    A batch is ``(N, T + 1)`` ids; inputs are ``ids[:, :-1]`` and targets ``ids[:, 1:]``, so
+    the logits at step t predict character t + 1 from characters 0..t (causal by construction).
+    """
+
+    config: CharConfig
+
+    def log_prob(self, ids: torch.Tensor) -> torch.Tensor:
+        r"""Exact :math:`\log p(\text{word}) = \sum_t \log p(c_{t+1} \mid c_{\le t})`: ``(N,)``."""
+        inp, target = ids[:, :-1].clamp(min=0), ids[:, 1:]  # padding (-1) is fed as '.' ...
+        logits = self(inp).float()  # (N, T, V)
+        nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-1, reduction="none")
+        return -nll.sum(1)  # ... and ignored in the targets
+
+    def loss(self, ids: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood, nats per word, averaged over the batch."""
+        return -self.log_prob(ids).mean()
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """``(n, max_len + 1)`` ids, starting with '.', one character at a time."""
+        device = next(self.parameters()).device
+        ids = torch.zeros(n, 1, dtype=torch.long, device=device)
+        for _ in range(self.config.max_len):
+            logits = self(ids)[:, -1].float() / temperature  # (n, V): the next character
+            ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1)], 1)
+        return ids
+
+
+class CharRNN(CharModel):
+    """Embedding -> GRU -> linear: the state h_t summarises c_0..c_t."""
+
+    def __init__(self, config: CharConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or CharConfig()
+        self.embed = nn.Embedding(c.vocab_size, c.dim)
+        self.rnn = nn.GRU(c.dim, c.dim, c.num_layers, batch_first=True, dropout=c.dropout)
+        self.head = nn.Linear(c.dim, c.vocab_size)
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(inp))  # (N, T, D)
+        return self.head(out)  # (N, T, V)
+
+
+class CharTransformer(CharModel):
+    """A small GPT: token + position embeddings, causal self-attention blocks, linear head."""
+
+    def __init__(self, config: CharConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or CharConfig()
+        self.embed = nn.Embedding(c.vocab_size, c.dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(c.max_len, c.dim))
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                c.dim, c.num_heads, 4 * c.dim, c.dropout, batch_first=True, norm_first=True
+            )
+            for _ in range(c.num_layers)
+        )
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.vocab_size)
+        # the causal mask: -inf above the diagonal, so step t attends to steps <= t only
+        causal = torch.full((c.max_len, c.max_len), float("-inf")).triu(1)
+        self.register_buffer("causal", causal)
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        t = inp.shape[1]
+        h = self.embed(inp) + self.pos[:t]  # (N, T, D)
+        for block in self.blocks:
+            h = block(h, src_mask=self.causal[:t, :t])
+        return self.head(self.norm(h))  # (N, T, V)
+
+
+def train_char_model(
+    kind: str,
+    words: list[str],
+    vocab: Vocab,
+    *,
+    epochs: int,
+    seed: int = 0,
+    progress: bool = True,
+    val_words: list[str] | None = None,
+) -> tuple[CharModel, History]:
+    """Train a ``"rnn"`` or ``"transformer"`` character model on ``words`` with the shared loop."""
+    seed_everything(seed)
+    max_len = max(len(w) for w in words + (val_words or [])) + 1
+    config = CharConfig(vocab_size=len(vocab), max_len=max_len)
+    model = {"rnn": CharRNN, "transformer": CharTransformer}[kind](config)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
+    val = None
+    if val_words:
+        val = make_loader(vocab.encode(val_words, max_len), batch_size=512, shuffle=False)
+    history = fit(
+        model,
+        opt,
+        make_loader(vocab.encode(words, max_len), batch_size=64),
+        val,
+        epochs=epochs,
+        grad_clip=1.0,
+        seed=seed,
+        progress=progress,
+        desc=kind,
+    )
+    return model, history
