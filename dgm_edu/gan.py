@@ -329,19 +329,23 @@ def train_reference(
     seed: int = 0,
     data: str = "digits",
     config: GANConfig | None = None,
+    epochs: int | None = None,
 ):
     """The book's recipes: ``data="digits"`` (the benchmark) or ``data="ring8"`` (the 2D toy).
 
     Non-saturating loss, Adam(beta1=0.5) for both players, no early stopping and no best-epoch
     restore (the validation loss is the discriminator's, not a quality measure). ``config``
-    overrides the architecture/loss (the chapter uses it for the conditional GAN and WGAN-GP).
-    Returns ``(model, history)``.
+    overrides the architecture/loss (the chapter uses it for the conditional GAN). ``epochs``
+    overrides the budget: with a ``checkpoint`` a call with ``epochs=k`` trains up to epoch k and
+    a later call resumes from there, so the chapter can look at samples part-way through a run
+    that ends with exactly the weights of an uninterrupted one. Returns ``(model, history)``.
     """
     from dgm_edu.data import digits_loader, make_loader, toy_2d
     from dgm_edu.runtime import budget, seed_everything
     from dgm_edu.train import fit
 
     seed_everything(seed)
+    override = epochs
     if data == "ring8":
         config = config or RING_CONFIG
         train = make_loader(toy_2d("ring8", 2000, seed=seed), batch_size=128, shuffle=True)
@@ -359,8 +363,31 @@ def train_reference(
     betas = (0.5, 0.9) if config.loss == "wgan-gp" else (0.5, 0.999)
     history = fit(
         model, make_optimizers(model, lr=lr, betas=betas), train, val,
-        epochs=epochs, checkpoint=checkpoint, progress=progress, seed=seed,
-        restore_best=False, desc=f"gan-{data}",
+        epochs=epochs if override is None else override, checkpoint=checkpoint,
+        progress=progress, seed=seed, restore_best=False, desc=f"gan-{data}",
     )  # fmt: skip
     model.eval()
     return model, history
+
+
+def train_stages(stops: list[int], *, checkpoint: str, **kwargs):
+    """Run :func:`train_reference` up to each epoch count in ``stops`` and yield
+    ``(stop, model, history)`` after each, to look at a run part-way through.
+
+    Each stage is checkpointed in its own file, ``<checkpoint stem>-e<stop>.pt``, started from a
+    copy of the previous stage, so that a re-run reloads every stage instead of retraining. The
+    last stage has exactly the weights of one uninterrupted run of the same length (``fit``
+    resumes with the optimizer and random states).
+    """
+    import shutil
+    from pathlib import Path
+
+    base, previous = Path(checkpoint), None
+    for stop in stops:
+        path = base.with_name(f"{base.stem}-e{stop}{base.suffix}")
+        if not path.exists() and previous is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(previous, path)
+        model, history = train_reference(checkpoint=str(path), epochs=stop, **kwargs)
+        previous = path
+        yield stop, model, history

@@ -201,3 +201,20 @@ def test_a_short_training_covers_the_ring_and_random_init_does_not():
                restore_best=False)  # fmt: skip
     assert len(hist.logs["g_loss"]) == 10
     assert mode_coverage(model.sample(2000))[0] >= 6
+
+
+def test_staged_training_ends_with_the_weights_of_one_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("DGM_EDU_FAST", "1")
+    torch.set_num_threads(1)
+    config = GANConfig(data_shape=(2,), hidden=16, latent_dim=2)
+    stages = list(gan.train_stages([1, 3], checkpoint=str(tmp_path / "ring.pt"), data="ring8",
+                                   config=config, progress=False))  # fmt: skip
+    assert [s for s, _, _ in stages] == [1, 3] and (tmp_path / "ring-e1.pt").exists()
+    direct, hist = gan.train_reference(data="ring8", config=config, epochs=3, progress=False)
+    assert hist.epochs_run == 3 == stages[-1][2].epochs_run
+    for a, b in zip(stages[-1][1].state_dict().values(), direct.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a re-run reloads each stage instead of training on: the first stage still has 1 epoch
+    again = list(gan.train_stages([1, 3], checkpoint=str(tmp_path / "ring.pt"), data="ring8",
+                                  config=config, progress=False))  # fmt: skip
+    assert again[0][2].epochs_run == 1
