@@ -45,9 +45,26 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
             f"Unknown device {device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or 'meta'"
         )
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"Unknown device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"Device {device!r} was requested but CUDA is not available on this machine: "
+            f"expected 'auto' or 'cpu'"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"Device {device!r} was requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s): expected an index below that"
+        )
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and (mps is None or not mps.is_available()):
+        raise ValueError(
+            f"Device {device!r} was requested but MPS is not available on this machine: "
+            f"expected 'auto' or 'cpu'"
+        )
+    return dev
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -1,0 +1,611 @@
+"""Reliability: interrupts, bad input, unsafe checkpoints, no network, and device-agnostic models.
+
+- A training subprocess killed with a real SIGINT or SIGKILL resumes to bit-identical weights.
+- Every bad input raises an error whose exact message says what was expected, from dgm_edu code
+  (not from deep inside torch).
+- A checkpoint that carries a pickle payload is refused, and its code never runs.
+- A chapter's code path runs with every socket blocked.
+- Every family's models (whatever has landed in ``dgm_edu``) build and run on the ``meta``
+  device, move all their tensors with ``.to()``, reject bad digits with the foundation's
+  messages, and keep their losses finite over 3 seeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from dgm_edu.data import digits_loader, load_digits, make_loader, toy_2d, validate_digits
+from dgm_edu.metrics import evaluate_nll
+from dgm_edu.mixtures import GaussianMixture, PixelMixture, PixelMixtureConfig
+from dgm_edu.runtime import get_device
+from dgm_edu.train import (
+    CheckpointError,
+    fit,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mixture(k: int = 2) -> tuple[PixelMixture, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = PixelMixture(PixelMixtureConfig(num_components=k))
+    return model, torch.optim.Adam(model.parameters(), lr=0.05)
+
+
+# --------------------------------------------------------------------------- bad input
+VAL_X, VAL_Y = (t[:32] for t in load_digits("val"))
+DIGITS = VAL_X[:8]
+BAD_DIGITS = {
+    "wrong shape": (
+        DIGITS.flatten(1),
+        ValueError,
+        "Expected digits of shape (N, 1, 8, 8), got (8, 64)",
+    ),
+    "[0,1] floats": (
+        DIGITS / 16.0,
+        ValueError,
+        "Expected integer levels 0..16 (as load_digits returns), got non-integer "
+        "floats; pass the raw digits, not [0,1] floats: each model does its own "
+        "preprocessing",
+    ),
+    "0..255 levels": (
+        DIGITS * 16 - 1,
+        ValueError,
+        "Expected integer levels 0..16, got values in [-1, 255]",
+    ),
+    "bool dtype": (
+        DIGITS > 8,
+        TypeError,
+        "Expected an integer tensor of levels 0..16, got dtype torch.bool",
+    ),
+    "NaN": (
+        torch.where(DIGITS == 0, float("nan"), DIGITS.float()),
+        ValueError,
+        "Digits contain NaN: expected integer levels 0..16",
+    ),
+    "empty batch": (DIGITS[:0], ValueError, "Expected a non-empty batch of digits, got N=0"),
+    "numpy array": (DIGITS.numpy(), TypeError, "Expected a torch.Tensor of digits, got ndarray"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DIGITS))
+def test_bad_digits_get_the_exact_message_from_dgm_edu_code(case):
+    bad, err, message = BAD_DIGITS[case]
+    model, opt = _mixture()
+    for call in (validate_digits, model.loss, model.log_prob):
+        with pytest.raises(err) as info:
+            call(bad)
+        assert str(info.value) == message
+        # the error is raised by dgm_edu itself, not deep inside a torch kernel
+        assert Path(traceback.extract_tb(info.tb)[-1].filename).name == "data.py"
+    if isinstance(bad, torch.Tensor) and len(bad):  # and through the trainer
+        with pytest.raises(err) as info:
+            fit(
+                model,
+                opt,
+                DataLoader(TensorDataset(bad), batch_size=len(bad)),
+                epochs=1,
+                progress=False,
+            )
+        assert str(info.value) == message
+
+
+def test_empty_data_sets_are_refused():
+    empty = torch.zeros(0, 1, 8, 8, dtype=torch.long)
+    with pytest.raises(ValueError) as info:
+        make_loader(empty)
+    assert str(info.value) == "Cannot make a loader over an empty data set (N=0)"
+    model, opt = _mixture()
+    with pytest.raises(ValueError) as info:
+        fit(model, opt, DataLoader(TensorDataset(empty), batch_size=4), epochs=1, progress=False)
+    assert str(info.value) == (
+        "The training loader yielded no batches: expected a non-empty data set"
+    )
+    with pytest.raises(ValueError) as info:
+        fit(
+            model,
+            opt,
+            digits_loader("val", 64),
+            DataLoader(TensorDataset(empty)),
+            epochs=1,
+            progress=False,
+        )
+    assert str(info.value) == (
+        "The validation loader yielded no batches: expected a non-empty data set"
+    )
+
+    def no_batches():  # a loader without len() that yields nothing
+        return iter(())
+
+    class Nothing:
+        __iter__ = staticmethod(no_batches)
+
+    with pytest.raises(ValueError, match="The training loader yielded no batches"):
+        fit(model, opt, Nothing(), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu", "Unknown device 'gpu': expected 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or 'meta'"),
+        ("cpu:x", "Unknown device 'cpu:x': Invalid device string: 'cpu:x'"),
+        pytest.param(
+            "cuda",
+            "Device 'cuda' was requested but CUDA is not available on this "
+            "machine: expected 'auto' or 'cpu'",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA"),
+        ),
+        (3, "device must be a string or torch.device, got int"),
+    ],
+)
+def test_unknown_device_strings(device, message):
+    err = TypeError if isinstance(device, int) else ValueError
+    with pytest.raises(err) as info:
+        get_device(device)
+    assert str(info.value) == message
+    model, opt = _mixture()
+    with pytest.raises(err) as info:
+        fit(model, opt, digits_loader("val", 64), epochs=1, device=device, progress=False)
+    assert str(info.value) == message
+
+
+# --------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "mixture.pt"
+    model, opt = _mixture()
+    fit(model, opt, digits_loader("val", 100), epochs=1, checkpoint=path, progress=False)
+    return path, model
+
+
+def test_truncated_checkpoint(tmp_path, trained_checkpoint):
+    path, _ = trained_checkpoint
+    cut = tmp_path / "cut.pt"
+    raw = path.read_bytes()
+    cut.write_bytes(raw[: len(raw) // 2])
+    expected = (
+        rf"Cannot load checkpoint {cut}: expected a file saved by dgm_edu.train.save_checkpoint "
+        r"\(state_dicts only\); it is truncated, tampered with or unsafe \(.+\)$"
+    )
+    with pytest.raises(CheckpointError, match=expected):
+        load_checkpoint(cut)
+    model, opt = _mixture()
+    with pytest.raises(CheckpointError, match=expected):  # fit refuses to resume from it
+        fit(model, opt, digits_loader("val", 100), epochs=2, checkpoint=cut, progress=False)
+    with pytest.raises(FileNotFoundError, match=f"Checkpoint not found: {tmp_path / 'nope.pt'}"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_tampered_checkpoint_fails_its_integrity_check(tmp_path):
+    weights = torch.linspace(-1, 1, 64)
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"model": {"w": weights}, "epoch": 3})
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).find(weights.numpy().tobytes())
+    assert at > 0
+    raw[at + 5] ^= 0x01  # one flipped bit in a stored weight: torch.load alone does not notice
+    path.write_bytes(bytes(raw))
+    changed = torch.load(path, weights_only=True)["model"]["w"]
+    assert not torch.equal(changed, weights)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"Checkpoint {path} failed its integrity check: the sha256 of its contents does not match "
+        "the digest saved with them; expected an unmodified file written by "
+        "dgm_edu.train.save_checkpoint (it was tampered with or corrupted)"
+    )
+
+
+def test_checkpoint_of_a_different_model(tmp_path, trained_checkpoint):
+    path, _ = trained_checkpoint
+    gmm = GaussianMixture()
+    with pytest.raises(CheckpointError) as info:
+        fit(
+            gmm,
+            torch.optim.Adam(gmm.parameters()),
+            make_loader(toy_2d("ring8", 64)),
+            epochs=2,
+            checkpoint=path,
+            progress=False,
+        )
+    assert str(info.value) == (
+        f"Checkpoint {path} was saved from a dgm_edu.mixtures.PixelMixture, not a "
+        "dgm_edu.mixtures.GaussianMixture: expected a checkpoint of this model (delete it or "
+        "pass another path to train afresh)"
+    )
+    with pytest.raises(CheckpointError) as info:
+        load_model_state(gmm, load_checkpoint(path)["model"], str(path))
+    assert str(info.value) == (
+        f"Checkpoint {path} does not match GaussianMixture: missing keys ['log_stds', 'means'], "
+        "unexpected keys ['pixel_logits'], shape mismatches ['mix_logits']; expected a "
+        "checkpoint of this model and config"
+    )
+    bigger, opt = _mixture(k=3)  # same class, another config
+    with pytest.raises(CheckpointError) as info:
+        fit(bigger, opt, digits_loader("val", 100), epochs=2, checkpoint=path, progress=False)
+    assert str(info.value) == (
+        f"Checkpoint {path} does not match PixelMixture: missing keys [], unexpected keys [], "
+        "shape mismatches ['mix_logits', 'pixel_logits']; expected a checkpoint of this model "
+        "and config"
+    )
+    weights_only = tmp_path / "weights.pt"  # a bare state_dict file is not a training checkpoint
+    save_checkpoint(weights_only, {"model": PixelMixture().state_dict()})
+    with pytest.raises(CheckpointError) as info:
+        fit(
+            PixelMixture(),
+            torch.optim.Adam(PixelMixture().parameters()),
+            digits_loader("val", 100),
+            epochs=1,
+            checkpoint=weights_only,
+            progress=False,
+        )
+    assert str(info.value) == (
+        f"Checkpoint {weights_only} is not a training checkpoint written by dgm_edu.train.fit: "
+        "missing ['optimizers', 'history', 'epoch', 'bad_epochs', 'best_model', 'rng_cpu']; "
+        "expected a file that fit(checkpoint=...) saved"
+    )
+
+
+class _Payload:
+    """Unpickling this runs ``Path(marker).touch()``: a stand-in for arbitrary code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickle_payload_is_refused(tmp_path):
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "hook": _Payload(str(marker))}, evil)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(evil)
+    assert str(info.value).startswith(
+        f"Cannot load checkpoint {evil}: expected a file saved by dgm_edu.train.save_checkpoint "
+        "(state_dicts only); it is truncated, tampered with or unsafe (Weights only load failed"
+    )
+    assert not marker.exists()  # refused before any code ran ...
+    torch.load(evil, weights_only=False)  # ... while an unsafe load would have run it
+    assert marker.exists()
+
+
+# --------------------------------------------------------------------------- interrupts
+CHILD = """
+import sys, time, torch
+torch.set_num_threads(1)
+from dgm_edu.data import make_loader
+from dgm_edu.mixtures import PixelMixture, PixelMixtureConfig
+from dgm_edu.train import fit
+
+data, ckpt = torch.load(sys.argv[1]), sys.argv[2]
+
+class SlowLoader:  # sleeps between batches so that the parent can kill us part-way
+    def __init__(self, loader):
+        self.loader = loader
+    def __len__(self):
+        return len(self.loader)
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(0.05)
+            yield batch
+
+torch.manual_seed(0)
+model = PixelMixture(PixelMixtureConfig(num_components=2))
+opt = torch.optim.Adam(model.parameters(), lr=0.05)
+fit(model, opt, SlowLoader(make_loader(data["train"], batch_size=100)),
+    make_loader(data["val"], batch_size=350, shuffle=False), epochs=EPOCHS, patience=20,
+    checkpoint=ckpt, progress=False, seed=0)
+print("finished")
+"""
+EPOCHS = 6
+
+
+def _interruptible_run(data: dict, checkpoint=None) -> PixelMixture:
+    """The child's recipe, in this process."""
+    torch.manual_seed(0)
+    model = PixelMixture(PixelMixtureConfig(num_components=2))
+    fit(
+        model,
+        torch.optim.Adam(model.parameters(), lr=0.05),
+        make_loader(data["train"], batch_size=100),
+        make_loader(data["val"], batch_size=350, shuffle=False),
+        epochs=EPOCHS,
+        patience=20,
+        checkpoint=checkpoint,
+        progress=False,
+        seed=0,
+    )
+    return model
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_resume_after_a_real_kill_is_bit_identical(tmp_path, sig):
+    data = {"train": load_digits("train")[0], "val": load_digits("val")[0]}
+    torch.save(data, tmp_path / "data.pt")  # the child need not import scikit-learn
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.replace("EPOCHS", str(EPOCHS)))
+    ckpt = tmp_path / "run.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "data.pt"), str(ckpt)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not ckpt.with_suffix(".json").exists():  # wait for the first checkpoint
+        assert child.poll() is None and time.monotonic() < deadline, "child ended early"
+        time.sleep(0.02)
+    time.sleep(0.2)  # then kill it in the middle of a later epoch
+    child.send_signal(sig)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode != 0 and b"finished" not in out, "the child finished before the kill"
+    if sig == signal.SIGINT:
+        assert b"KeyboardInterrupt" in err
+    done = load_checkpoint(ckpt)["epoch"]
+    assert 1 <= done < EPOCHS
+    assert not ckpt.with_name(ckpt.name + ".tmp").exists()
+
+    resumed = _interruptible_run(data, ckpt)  # resume from the last checkpoint to the end
+    reference = _interruptible_run(data)  # the uninterrupted run
+    for k, v in reference.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k  # bit-identical, not merely close
+
+
+# --------------------------------------------------------------------------- no network
+def test_a_chapter_runs_with_sockets_blocked(tmp_path, monkeypatch):
+    attempts: list[str] = []
+
+    def blocked(name):
+        def refuse(*args, **kwargs):
+            attempts.append(f"{name}{args[1:] if name.startswith('socket.') else args}")
+            raise OSError(f"network blocked by the test ({name})")
+
+        return refuse
+
+    monkeypatch.setattr(socket.socket, "connect", blocked("socket.connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", blocked("socket.connect_ex"))
+    monkeypatch.setattr(socket, "create_connection", blocked("create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", blocked("getaddrinfo"))
+    with pytest.raises(OSError, match="network blocked"):  # the block works ...
+        socket.create_connection(("pypi.org", 443), timeout=1)
+    attempts.clear()
+
+    # ... and the introduction's code path never reaches for it: data, training, checkpoint,
+    # evaluation, sampling and figures
+    import matplotlib.pyplot as plt
+
+    from dgm_edu.plots import image_grid, training_curves
+
+    x_train, _ = load_digits("train")
+    x_test, _ = load_digits("test")
+    model, opt = _mixture(k=3)
+    hist = fit(
+        model,
+        opt,
+        digits_loader("train", 100),
+        digits_loader("val", 350),
+        epochs=2,
+        checkpoint=tmp_path / "intro.pt",
+        progress=False,
+    )
+    nll = evaluate_nll(model, x_test)
+    baseline = evaluate_nll(PixelMixture.fit_counts(x_train), x_test)
+    fig, axes = plt.subplots(1, 2)
+    image_grid(model.sample(16), nrow=4, ax=axes[0])
+    training_curves(hist, ax=axes[1])
+    plt.close(fig)
+    assert attempts == []
+    assert nll < 181.3 and baseline == pytest.approx(106.47, abs=0.01)
+
+
+# --------------------------------------------------------------------------- every family
+FAMILIES = ["mixtures", "vae", "gan", "flows", "diffusion", "rbm", "autoregressive"]
+# Models that fail a check below for a known reason, reported to their authors (see the report).
+# They are marked xfail (not run) so that the suite stays green while the fix is pending.
+KNOWN_ISSUES: dict[tuple[str, str], str] = {
+    ("mixtures.UniformPixels", "meta"): "sample() calls torch.randint without device=: it has no "
+    "parameter or buffer to take the device from, so its samples are always on the CPU",
+    ("flows.DigitFlow", "meta"): "ActNorm's data-dependent initialisation reads "
+    "bool(self.initialized) on the first training batch (skip it when x.is_meta)",
+    ("flows.Flow2D", "meta"): "ActNorm's data-dependent initialisation reads "
+    "bool(self.initialized) on the first training batch (skip it when x.is_meta)",
+    ("diffusion.Diffusion", "meta"): "decoder_term builds torch.distributions.Normal with "
+    "argument validation on, which reads values (pass validate_args=False)",
+    ("rbm.RBM", "meta"): "log_prob enters torch.autocast(v.device.type, enabled=False), and "
+    "autocast has no 'meta' device type",
+}
+
+
+def _family_models() -> list:
+    params = []
+    for fam in FAMILIES:
+        try:
+            module = importlib.import_module(f"dgm_edu.{fam}")
+        except ImportError as err:
+            params.append(
+                pytest.param(
+                    fam,
+                    None,
+                    id=fam,
+                    marks=pytest.mark.skip(reason=f"dgm_edu.{fam} has not landed: {err}"),
+                )
+            )
+            continue
+        for name, cls in sorted(vars(module).items()):
+            if (
+                isinstance(cls, type)
+                and issubclass(cls, nn.Module)
+                and cls.__module__ == module.__name__
+                and not name.startswith("_")
+                and hasattr(cls, "sample")
+                and (hasattr(cls, "loss") or hasattr(cls, "log_prob"))
+            ):
+                params.append(pytest.param(fam, name, id=f"{fam}.{name}"))
+    return params
+
+
+MODELS = _family_models()
+
+
+def _build(fam: str, name: str) -> type:
+    module = pytest.importorskip(f"dgm_edu.{fam}")
+    cls = getattr(module, name)
+    try:
+        cls()
+    except TypeError as err:
+        pytest.skip(f"{name}() needs arguments: {err}")
+    return cls
+
+
+INPUTS = ("digits", "digits+labels", "points", "ids")
+
+
+def _inputs(kind: str, n: int = 4) -> tuple[torch.Tensor, ...]:
+    return {
+        "digits": lambda: (VAL_X[:n],),
+        "digits+labels": lambda: (VAL_X[:n], VAL_Y[:n]),
+        "points": lambda: (toy_2d("ring8", n),),
+        "ids": lambda: (torch.ones(n, 6, dtype=torch.long),),
+    }[kind]()
+
+
+@functools.cache
+def _input_kind(cls: type) -> str | None:
+    """The first kind of input that the model's loss (or log_prob) accepts on CPU."""
+    model = cls()
+    fn = model.loss if hasattr(model, "loss") else model.log_prob
+    for kind in INPUTS:
+        try:
+            fn(*_inputs(kind))
+            return kind
+        except Exception:
+            continue
+    return None
+
+
+def _xfail_known(fam: str, name: str, check: str) -> None:
+    reason = KNOWN_ISSUES.get((f"{fam}.{name}", check))
+    if reason:
+        pytest.xfail(reason)
+
+
+def _on_meta(out) -> bool:
+    outs = out if isinstance(out, tuple | list) else (out,)
+    return all(t.device.type == "meta" for t in outs if isinstance(t, torch.Tensor))
+
+
+@pytest.mark.parametrize(("fam", "name"), MODELS)
+def test_family_model_on_meta_device(fam, name):
+    _xfail_known(fam, name, "meta")
+    cls = _build(fam, name)
+    kind = _input_kind(cls)
+    if kind is None:
+        pytest.skip(f"{name}.loss takes none of {INPUTS}")
+    meta_args = tuple(torch.zeros(a.shape, dtype=a.dtype, device="meta") for a in _inputs(kind))
+    with torch.device("meta"):  # (1) built and run with meta as the default device
+        model = cls()
+        assert all(p.device.type == "meta" for p in model.parameters())
+        if hasattr(model, "loss"):
+            assert _on_meta(model.loss(*meta_args))
+    model = cls().to("meta")  # (2) moved there: no tensor may be created on a fixed device
+    if hasattr(model, "loss"):
+        loss = model.loss(*meta_args)
+        assert loss.device.type == "meta" and loss.dim() == 0
+        loss.backward()
+        assert all(p.grad is None or p.grad.device.type == "meta" for p in model.parameters())
+    if hasattr(model, "log_prob") and kind.startswith("digits"):
+        assert model.log_prob(meta_args[0]).shape == (4,)
+    assert _on_meta(model.sample(3))
+
+
+@pytest.mark.parametrize(("fam", "name"), MODELS)
+def test_family_model_moves_every_tensor_with_to(fam, name):
+    _xfail_known(fam, name, "to")
+    cls = _build(fam, name)
+    model = cls().to("meta")
+    for t in list(model.parameters()) + list(model.buffers()):
+        assert t.device.type == "meta"
+    # a mask or schedule kept as a plain attribute would stay behind on the CPU
+    stray = [
+        f"{mod_name}.{attr}"
+        for mod_name, mod in model.named_modules()
+        for attr, v in vars(mod).items()
+        if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter)
+    ]
+    assert stray == [], f"tensors that .to() does not move (register them as buffers): {stray}"
+
+
+BAD_FOR_MODELS = ["wrong shape", "[0,1] floats", "0..255 levels", "NaN"]
+
+
+@pytest.mark.parametrize(("fam", "name"), MODELS)
+def test_family_model_rejects_bad_digits(fam, name):
+    _xfail_known(fam, name, "bad input")
+    cls = _build(fam, name)
+    model = cls()
+    kind = _input_kind(cls)
+    if kind is None or not kind.startswith("digits"):
+        pytest.skip(f"{name} does not model the digits")
+    extra = _inputs(kind)[1:]
+    for case in BAD_FOR_MODELS:
+        bad, err, _ = BAD_DIGITS[case]
+        bad = bad[:4]
+        with pytest.raises(err) as expected:  # the foundation's message for this very input
+            validate_digits(bad)
+        message = str(expected.value)
+        for method in ("loss", "log_prob"):
+            if not hasattr(model, method):
+                continue
+            with pytest.raises(err) as info:
+                getattr(model, method)(bad, *extra)
+            assert str(info.value) == message, (method, case)
+
+
+@pytest.mark.parametrize(("fam", "name"), MODELS)
+def test_family_model_losses_stay_finite_over_seeds(fam, name):
+    """3 seeds x 2 Adam steps on real, all-0 and all-16 images: finite losses and gradients."""
+    _xfail_known(fam, name, "finite")
+    cls = _build(fam, name)
+    kind = _input_kind(cls)
+    if kind is None or not hasattr(cls, "loss"):
+        pytest.skip(f"{name} has no loss on {INPUTS}")
+    real = _inputs(kind, n=16)
+    batches = [real]
+    if kind.startswith("digits"):  # the extreme images, where a log(0) or 0/0 would show
+        batches += [
+            (torch.zeros_like(real[0]), *real[1:]),
+            (torch.full_like(real[0], 16), *real[1:]),
+        ]
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = cls()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for step in range(2):
+            for batch in batches:
+                loss = model.loss(*batch)
+                assert torch.isfinite(loss), (seed, step, loss)
+                opt.zero_grad()
+                loss.backward()
+                for p in model.parameters():
+                    assert p.grad is None or torch.isfinite(p.grad).all(), (seed, step)
+                opt.step()
