@@ -217,3 +217,21 @@ def test_bernoulli_baseline_and_untrained_rbm():
     untrained = -RBM(RBMConfig(num_hidden=16)).log_prob(x).mean().item()
     assert untrained > base + 10
     assert untrained == pytest.approx(64 * math.log(2), abs=0.5)  # about uniform over 2^64
+
+
+def test_autocast_keeps_log_prob_exact_and_training_finite():
+    # catches: log_prob computed in bf16 under autocast (off by tenths of a nat)
+    torch.manual_seed(0)
+    model = RBM(RBMConfig(num_hidden=6, init_std=0.3))
+    x = load_digits("val")[0][:64]
+    v = binarize(x).flatten(1).double()
+    with torch.no_grad():  # float64 by hand, never under autocast
+        W, b, c = model.W.double(), model.b.double(), model.c.double()
+        free = -(v @ b) - torch.nn.functional.softplus(v @ W + c).sum(-1)
+        reference = (-free - model.exact_log_partition()).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = model.log_prob(x)
+        loss = model.loss(x)
+    loss.backward()
+    torch.testing.assert_close(lp, reference)
+    assert torch.isfinite(model.W.grad).all()
