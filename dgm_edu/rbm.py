@@ -172,8 +172,12 @@ class RBM(nn.Module):
         log Z is exact (hidden enumeration) when ``num_hidden <= max_exact_hidden``; otherwise it
         is an AIS estimate (:meth:`ais_log_partition`, a stochastic estimate that tends to
         *under*-estimate log Z, so the reported log-likelihood is then optimistic).
+        On the ``meta`` device (shape checks only) log Z is not computed.
         """
         v = self._visible(validate_digits(x))
+        if v.is_meta:
+            return -self.free_energy(v)
+        # float32/float64 even under torch.autocast: a bf16 free energy is off by tenths of a nat
         with torch.autocast(v.device.type, enabled=False):
             return (-self.free_energy(v.float()).double() - self.log_partition()).to(v.dtype)
 

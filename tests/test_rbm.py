@@ -235,3 +235,13 @@ def test_autocast_keeps_log_prob_exact_and_training_finite():
     loss.backward()
     torch.testing.assert_close(lp, reference)
     assert torch.isfinite(model.W.grad).all()
+
+
+def test_runs_on_the_meta_device():
+    # catches: autocast entered with device type 'meta', log Z read as a Python float on meta
+    x = torch.zeros(4, 1, 8, 8, dtype=torch.int64, device="meta")
+    model = RBM(RBMConfig(num_hidden=5)).to("meta")
+    loss = model.loss(x)
+    loss.backward()
+    assert loss.device.type == "meta" and model.W.grad.device.type == "meta"
+    assert model.log_prob(x).shape == (4,) and model.sample(3).device.type == "meta"
