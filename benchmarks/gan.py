@@ -37,11 +37,15 @@ def main() -> None:
     mode = budget(fast="fast", full="full")
     ckpt = Path(".checkpoints")
 
-    ring, ring_hist = gan.train_reference(data="ring8", checkpoint=ckpt / f"gan-ring8-{mode}.pt")
+    ring, ring_hist = gan.train_reference(
+        data="ring8", checkpoint=ckpt / f"bench-gan-ring8-{mode}.pt"
+    )
     torch.manual_seed(0)
     covered, within = metrics.mode_coverage(ring.sample(2000))
 
-    model, hist = gan.train_reference(data="digits", checkpoint=ckpt / f"gan-digits-{mode}.pt")
+    model, hist = gan.train_reference(
+        data="digits", checkpoint=ckpt / f"bench-gan-digits-{mode}.pt"
+    )
     train, test = load_digits("train")[0], load_digits("test")[0]
     torch.manual_seed(0)
     samples = model.sample(1000)
