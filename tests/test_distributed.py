@@ -189,3 +189,25 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
             }
         )
     )
+
+
+def test_fit_calls_set_epoch_every_epoch():
+    class Recording(DistributedSampler):
+        epochs: list[int] = []
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs.append(epoch)
+            super().set_epoch(epoch)
+
+    data = TensorDataset(torch.arange(8.0).view(8, 1))
+    sampler = Recording(data, num_replicas=1, rank=0, seed=0)
+    model = torch.nn.Linear(1, 1)
+    model.loss = lambda x: model(x).pow(2).mean()
+    train_mod.fit(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        DataLoader(data, batch_size=4, sampler=sampler),
+        epochs=3,
+        progress=False,
+    )
+    assert sampler.epochs == [0, 1, 2]  # without it every epoch would repeat epoch 0's order

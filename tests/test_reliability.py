@@ -583,13 +583,13 @@ def test_family_model_rejects_bad_digits(fam, name):
 
 @pytest.mark.parametrize(("fam", "name"), MODELS)
 def test_family_model_losses_stay_finite_over_seeds(fam, name):
-    """3 seeds x 2 Adam steps on real, all-0 and all-16 images: finite losses and gradients."""
+    """3 seeds x 1 Adam step on real, all-0 and all-16 images: finite losses and gradients."""
     _xfail_known(fam, name, "finite")
     cls = _build(fam, name)
     kind = _input_kind(cls)
     if kind is None or not hasattr(cls, "loss"):
         pytest.skip(f"{name} has no loss on {INPUTS}")
-    real = _inputs(kind, n=16)
+    real = _inputs(kind, n=8)
     batches = [real]
     if kind.startswith("digits"):  # the extreme images, where a log(0) or 0/0 would show
         batches += [
@@ -600,7 +600,7 @@ def test_family_model_losses_stay_finite_over_seeds(fam, name):
         torch.manual_seed(seed)
         model = cls()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for step in range(2):
+        for step in range(1):
             for batch in batches:
                 loss = model.loss(*batch)
                 assert torch.isfinite(loss), (seed, step, loss)
