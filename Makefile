@@ -7,10 +7,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-MATHJAX := book/_static/mathjax
+MATHJAX := book/_vendor/mathjax
 JOBS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
 .PHONY: setup book book-fast test lint sync check-sync unit chapters browser assignments \
@@ -72,7 +71,7 @@ browser: setup chromium
 
 ## assignments: build the nbgrader course (source + released student versions)
 assignments: setup
-	$(BIN)/python -m dgm_edu.assignments build course
+	$(BIN)/python scripts/build_course.py build course
 
 test-assignments: setup
 	$(BIN)/pytest tests/assignments -q -p no:cacheprovider

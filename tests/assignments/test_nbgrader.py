@@ -1,0 +1,128 @@
+"""Every chapter's exercises as an nbgrader assignment, graded by the real nbgrader.
+
+- The reference solutions score full marks.
+- The released, unanswered notebooks score 0.
+- A planted wrong answer that passes every visible test loses the hidden-test points.
+- The jupytext pairing keeps the nbgrader metadata (round trip).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import build_course  # noqa: E402
+
+# Wrong answers that pass the visible tests but not the hidden ones: {assignment: {grade_id: code}}.
+PLANTED = {
+    "01_introduction": {
+        # ignores alpha: right for the visible test (alpha = 1), wrong for the hidden one
+        "intro-ex1-solution": (
+            "def independent_log_prob(x_train, x, alpha=1.0):\n"
+            "    counts = torch.nn.functional.one_hot(x_train.flatten(1), 17).sum(0).double()\n"
+            "    log_theta = ((counts + 1) / (len(x_train) + 17)).log()\n"
+            "    return log_theta.gather(1, x.flatten(1).T).sum(0)\n"
+        ),
+    },
+}
+NAMES = build_course.chapter_names()
+
+
+def _solutions(nb: nbformat.NotebookNode) -> dict[str, str]:
+    return {
+        c.metadata["nbgrader"]["grade_id"]: c.source
+        for c in nb.cells
+        if c.metadata.get("nbgrader", {}).get("solution")
+    }
+
+
+def _submit(course: Path, name: str, student: str, answers: dict[str, str]) -> Path:
+    released = nbformat.read(course / "release" / name / f"{name}.ipynb", as_version=4)
+    for cell in released.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in answers:
+            cell.source = answers[gid]
+    target = course / "submitted" / student / name
+    target.mkdir(parents=True, exist_ok=True)
+    nbformat.write(released, target / f"{name}.ipynb")
+    return target / f"{name}.ipynb"
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("course")
+    build_course.build(root, NAMES)
+    return root
+
+
+def test_every_chapter_has_at_least_three_graded_exercises():
+    for nb_path in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+        assert len(graded) >= 3, f"{nb_path.name} has {len(graded)} graded cells, expected >= 3"
+        for c in graded:
+            assert "### BEGIN HIDDEN TESTS" in c.source, (
+                f"{nb_path.name}: a test cell has no hidden tests"
+            )
+
+
+def test_jupytext_round_trip_keeps_nbgrader_metadata():
+    for md in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.md")):
+        nb = nbformat.read(md.with_suffix(".ipynb"), as_version=4)
+        text = jupytext.writes(nb, fmt="md:myst")
+        back = jupytext.reads(text, fmt="md:myst")
+        meta = [c.metadata.get("nbgrader") for c in nb.cells]
+        assert meta == [c.metadata.get("nbgrader") for c in back.cells], md.name
+        assert [c.metadata.get("nbgrader") for c in jupytext.read(md).cells] == meta, md.name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_autograde(course, name):
+    source = nbformat.read(course / "source" / name / f"{name}.ipynb", as_version=4)
+    _submit(course, name, "reference", _solutions(source))
+    _submit(course, name, "blank", {})
+    planted = PLANTED.get(name)
+    if planted:
+        path = _submit(course, name, "planted", {**_solutions(source), **planted})
+        # the planted answer passes every visible test: the released notebook runs without error
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(
+            nb,
+            timeout=300,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+        ).execute()
+    build_course.nbgrader(course, "autograde", name, "--force")
+
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        ref = gb.find_submission(name, "reference")
+        assert ref.max_score > 0
+        assert ref.score == ref.max_score, (
+            f"reference solutions of {name}: {ref.score}/{ref.max_score}"
+        )
+        blank = gb.find_submission(name, "blank")
+        assert blank.score == 0, f"unanswered {name} scored {blank.score}"
+        if planted:
+            sub = gb.find_submission(name, "planted")
+            assert sub.score < sub.max_score, f"planted wrong answer in {name} got full marks"
+
+
+def test_release_strips_solutions_and_hidden_tests(course):
+    for name in NAMES:
+        text = (course / "release" / name / f"{name}.ipynb").read_text()
+        assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text
+        assert "raise NotImplementedError()" in text
+
+
+def teardown_module() -> None:
+    shutil.rmtree(ROOT / "tests" / "assignments" / "__pycache__", ignore_errors=True)
