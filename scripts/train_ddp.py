@@ -60,12 +60,13 @@ def pixel_mixture_recipe(
     seed_everything(args.seed)  # the same initial weights on every rank (DDP broadcasts anyway)
     cls = PixelMixture if step == "loss" else TwoOptimizerMixture
     model = cls(PixelMixtureConfig(num_components=args.components))
+    make_opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[args.optimizer]
     if step == "loss":
-        opt: object = torch.optim.Adam(model.parameters(), lr=args.lr)
+        opt: object = make_opt(model.parameters(), lr=args.lr)
     else:
         opt = {
-            "mix": torch.optim.Adam([model.mix_logits], lr=args.lr),
-            "pixels": torch.optim.Adam([model.pixel_logits], lr=args.lr),
+            "mix": make_opt([model.mix_logits], lr=args.lr),
+            "pixels": make_opt([model.pixel_logits], lr=args.lr),
         }
     data = torch.utils.data.TensorDataset(load_digits("train")[0])
     # A DistributedSampler with one replica is a seeded shuffle; fit re-shards it over the ranks
@@ -99,6 +100,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=100, help="global batch size")
     p.add_argument("--components", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=["adam", "sgd"],
+        help="pixel_mixture only (SGD shows a wrongly scaled gradient; Adam hides it)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto", help="auto (nccl on GPU, gloo on CPU), nccl, gloo")

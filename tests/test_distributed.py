@@ -113,7 +113,13 @@ def _load_script():
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_torchrun_two_processes_match_one_process(tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    # SGD, not Adam: Adam's update does not change when every gradient is scaled, so it would hide
+    # a sum where a mean over processes belongs
     args = [
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "2.0",
         "--epochs",
         "2",
         "--batch-size",
