@@ -609,3 +609,25 @@ def test_family_model_losses_stay_finite_over_seeds(fam, name):
                 for p in model.parameters():
                     assert p.grad is None or torch.isfinite(p.grad).all(), (seed, step)
                 opt.step()
+
+
+HEALTH_ENV = "DGM_EDU_HEALTH"
+
+
+@pytest.mark.skipif(
+    os.environ.get(HEALTH_ENV) != "1", reason=f"minutes of training: set {HEALTH_ENV}=1"
+)
+@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_mode_reference_training_is_finite(fam, seed, monkeypatch):
+    """The book's recipes in fast mode, 3 seeds: fit itself stops on a non-finite training loss;
+    here the validation losses and every trained weight are checked too."""
+    module = pytest.importorskip(f"dgm_edu.{fam}")
+    if not hasattr(module, "train_reference"):
+        pytest.skip(f"dgm_edu.{fam} has no train_reference yet")
+    monkeypatch.setenv("DGM_EDU_FAST", "1")
+    model, hist = module.train_reference(progress=False, seed=seed)
+    values = hist.train_loss + hist.val_loss + [v for vs in hist.logs.values() for v in vs]
+    assert values and all(torch.isfinite(torch.tensor(values))), values
+    for name, t in model.state_dict().items():
+        assert not t.is_floating_point() or torch.isfinite(t).all(), name
