@@ -28,6 +28,12 @@ from dgm_edu.flows import (
 )
 
 
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    """A few raw test digits (loading the data set once per module: it is slow on a busy CPU)."""
+    return load_digits("test")[0][:8]
+
+
 def _randomise(module: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch.nn.Module:
     """Give every parameter random values (the zero-initialised output layers make identities)."""
     g = torch.Generator().manual_seed(seed)
@@ -65,6 +71,7 @@ def _layers() -> dict[str, tuple[torch.nn.Module, tuple[int, ...], int]]:
         ),
         "actnorm-vec": (_randomise(ActNorm(5)), (5,), 0),
         "actnorm-img": (_randomise(ActNorm(2)), (2, 4, 4), 0),
+        "actnorm-pixel": (_randomise(ActNorm((2, 4, 4))), (2, 4, 4), 0),
         "maf": (_randomise(MAF(5, 16)), (5,), 0),
         "maf-reversed": (_randomise(MAF(5, 16, reverse=True)), (5,), 0),
         "iaf": (_randomise(IAF(5, 16)), (5,), 0),
@@ -132,7 +139,7 @@ def _autograd_logdet(fn, x: torch.Tensor) -> torch.Tensor:
     out = []
     for xi in x:
         # (*shape, *shape)
-        jac = jacobian(lambda v: fn(v.unsqueeze(0)).squeeze(0), xi, vectorize=True)
+        jac = jacobian(lambda v: fn(v.unsqueeze(0)).squeeze(0), xi, vectorize=False)
         d = xi.numel()
         out.append(torch.linalg.slogdet(jac.reshape(d, d))[1])
     return torch.stack(out)
@@ -171,12 +178,12 @@ def test_logit_preprocessing_logdet():
     assert torch.allclose(logdet, _autograd_logdet(lambda v: model._to_logit(v)[0], y))
 
 
-def test_variational_dequantizer_log_q():
+def test_variational_dequantizer_log_q(digits):
     # log q(u|x) = log N(eps) - log|det du/deps|, with the Jacobian from autograd
     # catches: a missing sigmoid Jacobian, the coupling log-det added instead of subtracted
     cfg = DigitFlowConfig(num_couplings=1, hidden=4, deq_couplings=2, deq_hidden=4)
     model = _randomise(DigitFlow(cfg), std=0.2)
-    x = load_digits("test")[0][:2]
+    x = digits[:2]
     torch.manual_seed(3)
     u, log_q = model.dequantize(x)
     torch.manual_seed(3)
@@ -208,6 +215,10 @@ def test_actnorm_data_dependent_init():
     z, _ = layer(x)
     assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
     assert torch.allclose(z.std((0, 2, 3)), torch.ones(3), atol=1e-4)
+    pixel = ActNorm((3, 4, 4)).train()  # one loc/scale per channel and position
+    z, _ = pixel(x)
+    assert torch.allclose(z.mean(0), torch.zeros(3, 4, 4), atol=1e-5)
+    assert torch.allclose(z.std(0), torch.ones(3, 4, 4), atol=1e-4)
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -267,11 +278,11 @@ def _exact_log_prob(model: DigitFlow, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("deq", ["uniform", "variational"])
-def test_dequantized_bound_below_discrete_log_likelihood(deq):
+def test_dequantized_bound_below_discrete_log_likelihood(deq, digits):
     # catches: a missing -64 log 17, a dropped logit Jacobian, a dropped log q(u|x): each moves
     # the bound above the exact discrete log-likelihood or far below it
     model = _factorised_model(deq)
-    x = load_digits("test")[0][:6]
+    x = digits[:6]
     torch.manual_seed(0)
     with torch.no_grad():
         bound = model.log_prob(x, num_samples=200)
@@ -281,10 +292,10 @@ def test_dequantized_bound_below_discrete_log_likelihood(deq):
     assert (exact - bound < (25 if deq == "uniform" else 80)).all(), (bound, exact)
 
 
-def test_uniform_bound_equals_quadrature():
+def test_uniform_bound_equals_quadrature(digits):
     # E_u[log p_Y((x+u)/17)] - 64 log 17 by 1D quadrature of log(d/dy CDF), independent of log-dets
     model = _factorised_model("uniform")
-    x = load_digits("test")[0][:3]
+    x = digits[:3]
     n = 400
     per_level = []
     for k in range(LEVELS):
