@@ -114,9 +114,10 @@ def test_iwae_with_one_sample_equals_the_elbo_in_expectation(digits):
     # the ELBO uses the analytic KL, IWAE-1 the Monte-Carlo log p(z) - log q(z|x): same mean
     model = VAE(SMALL).eval()
     x = digits[:4]
+    reps = x.repeat(3000, 1, 1, 1)  # (3000 * 4, 1, 8, 8): 3000 independent draws per image
     with torch.no_grad():
-        elbo = torch.stack([model.elbo(x) for _ in range(3000)]).mean(0)
-        iwae1 = torch.stack([model.log_prob(x, k=1) for _ in range(3000)]).mean(0)
+        elbo = model.elbo(reps).view(3000, 4).mean(0)
+        iwae1 = model.log_prob(reps, k=1).view(3000, 4).mean(0)
     assert torch.allclose(elbo, iwae1, atol=0.3), (elbo, iwae1)
 
 
@@ -127,7 +128,7 @@ def test_iwae_bound_is_non_decreasing_in_k(digits):
     bounds = []
     for k in (1, 10, 100, 1000):
         torch.manual_seed(0)
-        bounds.append(torch.stack([model.log_prob(digits, k=k) for _ in range(3)]).mean().item())
+        bounds.append(model.log_prob(digits[:8].repeat(3, 1, 1, 1), k=k).mean().item())
     assert all(lo <= hi for lo, hi in zip(bounds, bounds[1:])), bounds
 
 
@@ -168,12 +169,12 @@ def test_conditional_vae_uses_the_label():
 def test_sample_draws_from_the_decoder_distribution():
     # with a fixed z, the empirical level frequencies of a pixel match softmax(logits)
     model = VAE(SMALL).eval()
-    z = torch.randn(1, 4).expand(20_000, 4)
-    xs = model.sample(20_000, z=z)
+    z = torch.randn(1, 4).expand(10_000, 4)
+    xs = model.sample(10_000, z=z)
     assert xs.dtype == torch.int64 and xs.min() >= 0 and xs.max() <= 16
-    freq = torch.bincount(xs[:, 0, 2, 2], minlength=17).float() / 20_000
+    freq = torch.bincount(xs[:, 0, 2, 2], minlength=17).float() / 10_000
     probs = model.decode(z[:1])[0, :, 2, 2].softmax(0)
-    assert torch.allclose(freq, probs, atol=0.015)
+    assert torch.allclose(freq, probs, atol=0.02)
 
 
 def test_active_units_finds_a_collapsed_dimension(digits):
