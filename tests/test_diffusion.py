@@ -94,8 +94,18 @@ def test_ddim_with_oracle_recovers_the_point(steps):
     point = torch.tensor([1.3, -0.7])
     model.net = OracleEps(point, model.abar, model.config.T)
     torch.manual_seed(0)
-    out = model.ddim_sample(64, steps=steps, eta=0.0)
+    x_T = torch.randn(64, 2)
+    out, path = model.ddim_sample(64, steps=steps, eta=0.0, x_T=x_T, return_path=True)
     assert torch.allclose(out, point.expand(64, 2), atol=1e-3)
+    # with the oracle every DDIM state keeps the same implied noise:
+    # x_s = sqrt(abar_s) x* + sqrt(1 - abar_s) eps_T (catches a wrong intermediate update)
+    abar = model.abar.double()
+    eps_T = (x_T.double() - abar[-1].sqrt() * point) / (1 - abar[-1]).sqrt()
+    times = torch.linspace(model.config.T, 0, steps + 1).round().long()
+    for k in range(1, steps):
+        s = times[k]
+        expected = abar[s].sqrt() * point + (1 - abar[s]).sqrt() * eps_T
+        assert torch.allclose(path[k].double(), expected, atol=1e-3)
 
 
 def test_ddpm_ancestral_step_is_the_posterior():
@@ -134,12 +144,14 @@ def test_bound_term_equals_gaussian_kl():
 def test_discretized_decoder_sums_to_one_over_levels():
     # catches: edge bins that do not reach +-inf, a bin width of 2/17 instead of 2/16
     model = Diffusion(DiffusionConfig(data="digits", T=20))
-    mean = torch.full((LEVELS, 1, 8, 8), 0.37)
-    model.predict = lambda xt, t, y=None: (None, mean)
     images = torch.arange(LEVELS).view(-1, 1, 1, 1).expand(LEVELS, 1, 8, 8)
-    per_pixel = torch.exp(-model.decoder_term(digits_to_model(images)) / 64)  # (17,)
-    assert torch.allclose(per_pixel.sum(), torch.tensor(1.0), atol=1e-5)
-    assert per_pixel.argmax() == round((0.37 + 1) / 2 * 16)
+    for centre in (0.37, 1.2, -1.3):  # inside the range, and beyond either end
+        mean = torch.full((LEVELS, 1, 8, 8), centre)
+        model.predict = lambda xt, t, y=None, mean=mean: (None, mean)
+        per_pixel = torch.exp(-model.decoder_term(digits_to_model(images)) / 64)  # (17,)
+        assert torch.allclose(per_pixel.sum(), torch.tensor(1.0), atol=1e-5)
+        expected = min(max(round((centre + 1) / 2 * 16), 0), LEVELS - 1)
+        assert per_pixel.argmax() == expected
 
 
 def test_flow_matching_euler_with_oracle_velocity_reaches_the_point():
@@ -204,6 +216,7 @@ def test_importance_sampler_is_unbiased_for_any_bin_shares():
     torch.manual_seed(0)
     model.bin_loss.uniform_(0.01, 10.0)
     q, ratio = model.proposal()
+    assert torch.allclose(q.sum(), torch.tensor(1.0), atol=1e-5) and (q >= 0).all()
     f = torch.rand(len(q), dtype=torch.float64)
     assert torch.allclose(
         (q.double() * ratio.double() * f).sum(), (model.w.double() * f).sum(), rtol=1e-4
