@@ -11,9 +11,11 @@ MATHJAX := book/_vendor/mathjax
 JOBS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
+# Two test workers on two cores: one torch thread each avoids oversubscription (10x slower otherwise)
+export OMP_NUM_THREADS := 1
 
 .PHONY: setup book book-fast test lint sync check-sync unit chapters browser assignments \
-        test-assignments benchmark clean
+        test-assignments benchmark clean chromium
 
 ## setup: the virtual environment (torch pinned to the CPU build), MathJax from npm, Chromium.
 setup: $(STAMP) $(MATHJAX)/tex-chtml.js
