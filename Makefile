@@ -11,8 +11,6 @@ MATHJAX := book/_vendor/mathjax
 JOBS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
-# Two test workers on two cores: one torch thread each avoids oversubscription (10x slower otherwise)
-export OMP_NUM_THREADS := 1
 
 .PHONY: setup book book-fast test lint sync check-sync unit chapters browser assignments \
         test-assignments benchmark clean chromium
@@ -48,6 +46,9 @@ check-sync: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Two test workers on two cores: one torch thread each (oversubscribed threads run ~10x slower)
+unit chapters test-assignments: export OMP_NUM_THREADS := 1
 
 ## unit: the library's unit tests
 unit: setup
