@@ -431,8 +431,6 @@ KNOWN_ISSUES: dict[tuple[str, str], str] = {
     "bool(self.initialized) on the first training batch (skip it when x.is_meta)",
     ("diffusion.Diffusion", "meta"): "decoder_term builds torch.distributions.Normal with "
     "argument validation on, which reads values (pass validate_args=False)",
-    ("rbm.RBM", "meta"): "log_prob enters torch.autocast(v.device.type, enabled=False), and "
-    "autocast has no 'meta' device type",
 }
 
 
