@@ -38,24 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def memorisation(samples, train, test) -> dict[str, float]:
-    r"""Are samples copies of training images?
-
-    ratio = median_i min_j ||s_i - t_j|| / median_k min_j ||x_k - t_j||: the nearest-train distance
-    of samples against that of held-out test images (raw levels, Euclidean). A model that copies
-    its training set scores ~0; one that generalises like fresh data scores ~1; noisy samples score
-    > 1. ``exact_copies`` is the fraction of samples identical to some training image.
-    """
-    from dgm_edu.metrics import nearest_neighbours
-
-    d_samples, _ = nearest_neighbours(samples, train)  # (N,)
-    d_test, _ = nearest_neighbours(test, train)  # (M,)
-    return {
-        "memorisation_ratio": float(d_samples.median() / d_test.median()),
-        "exact_copies": float((d_samples == 0).float().mean()),
-    }
-
-
 def _nll_spec(family: str, model):
     """(function images -> per-image log p or bound, estimator name) for a family; None for GANs."""
     from dgm_edu.runtime import budget
@@ -129,7 +111,7 @@ def evaluate(family: str, model, train_seconds: float, n: int, data) -> dict:
         samples = sample(n).cpu().long()
         row["sample_seconds_per_100"] = (time.perf_counter() - t0) * 100 / n
     row.update(metrics.sample_quality(samples, x_test))
-    row.update(memorisation(samples, x_train, x_test))
+    row.update(metrics.memorisation(samples, x_train, x_test))
     row["class_histogram"] = metrics.class_histogram(samples).tolist()
     row["train_seconds"] = train_seconds
     row["params"] = sum(p.numel() for p in model.parameters())

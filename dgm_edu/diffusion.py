@@ -1,7 +1,7 @@
 r"""Diffusion models (DDPM, DDIM, classifier-free guidance) and flow matching.
 
 The forward process adds Gaussian noise in T steps, q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1},
-beta_t I), with alpha_t = 1 - beta_t. Its marginal has a closed form,
+beta_t I), with alpha_t = 1 - beta_t. Its marginal has a closed form::
 
     q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I),   abar_t = prod_{s <= t} alpha_s,
 
@@ -9,7 +9,7 @@ so x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps with eps ~ N(0, I). A network p
 (x_t, t); eps, x_0 and v = sqrt(abar) eps - sqrt(1 - abar) x_0 are linear functions of each other
 given x_t, so any of them defines the same reverse model (Ho et al. 2020; Salimans & Ho 2022).
 
-The variational bound (Ho et al. 2020, eq. 5) on the DISCRETE digits, in nats, is
+The variational bound (Ho et al. 2020, eq. 5) on the DISCRETE digits, in nats, is::
 
     -log p(x_0) <= KL(q(x_T|x_0) || N(0,I)) + sum_{t=2}^T L_{t-1} + L_0,
     L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))
@@ -355,7 +355,7 @@ class Diffusion(_Denoiser):
         t = torch.ones(len(x0), dtype=torch.long, device=x0.device)
         _, mean = self.predict(self.q_sample(x0, t, torch.randn_like(x0)), t, y)
         std = self.beta[1].sqrt()
-        normal = torch.distributions.Normal(mean, std)
+        normal = torch.distributions.Normal(mean, std, validate_args=False)
         # the edge bins reach to -inf and +inf
         hi = torch.where(x0 > 1 - HALF_BIN, torch.inf, x0 + HALF_BIN)
         lo = torch.where(x0 < -1 + HALF_BIN, -torch.inf, x0 - HALF_BIN)
@@ -404,11 +404,12 @@ class Diffusion(_Denoiser):
         sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s).
         """
         dev, y = self._device(), self._labels(n, y)
-        times = torch.linspace(self.config.T, 0, steps + 1, device=dev).round().long()
+        # the time grid is plain ints: no data-dependent control flow on the device (meta-safe)
+        times = torch.linspace(self.config.T, 0, steps + 1).round().long().tolist()
         x = torch.randn(n, *self.shape, device=dev) if x_T is None else x_T.to(dev)
         path = [x]
         for t, s in zip(times[:-1], times[1:]):
-            tt = t.repeat(n)
+            tt = torch.full((n,), t, dtype=torch.long, device=dev)
             eps, x0 = self.guided_eps(x, tt, y, guidance)
             if self.config.data == "digits":
                 x0 = x0.clamp(-1, 1)

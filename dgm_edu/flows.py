@@ -133,7 +133,7 @@ class ActNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training and not bool(self.initialized) and x.shape[0] > 1:
+        if self.training and not x.is_meta and not bool(self.initialized) and x.shape[0] > 1:
             self._initialise(x)
         z = (x - self._view(self.loc, x)) * torch.exp(-self._view(self.log_scale, x))
         shared = x[0].numel() // self.loc.numel()  # entries that each parameter acts on

@@ -98,6 +98,24 @@ def nearest_neighbours(
     return dist, idx
 
 
+def memorisation(
+    samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor
+) -> dict[str, float]:
+    r"""Are samples copies of training images?
+
+    ratio = median_i min_j ||s_i - t_j|| / median_k min_j ||x_k - t_j||: the nearest-train distance
+    of samples against that of held-out test images (raw levels, Euclidean). A model that copies
+    its training set scores ~0; one that generalises like fresh data scores ~1; noisy samples score
+    > 1. ``exact_copies`` is the fraction of samples identical to some training image.
+    """
+    d_samples, _ = nearest_neighbours(samples, train)  # (N,)
+    d_test, _ = nearest_neighbours(test, train)  # (M,)
+    return {
+        "memorisation_ratio": float(d_samples.median() / d_test.median()),
+        "exact_copies": float((d_samples == 0).float().mean()),
+    }
+
+
 # --------------------------------------------------------------------------- sample quality
 # Models without a likelihood (GANs) are judged by comparing their samples with real images in the
 # feature space of one fixed network, ``dgm_edu.features.load_feature_net()`` (a digits classifier

@@ -25,12 +25,17 @@ from dgm_edu.train import History, fit
 class UniformPixels(nn.Module):
     """The uniform distribution over 17-level 8x8 images: log p(x) = -64 ln 17."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # an empty buffer, so that .to(device) tells sample() where to draw
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         x = validate_digits(x)
         return torch.full((x.shape[0],), -NUM_PIXELS * math.log(LEVELS), device=x.device)
 
     def sample(self, n: int) -> torch.Tensor:
-        return torch.randint(0, LEVELS, (n, 1, 8, 8))
+        return torch.randint(0, LEVELS, (n, 1, 8, 8), device=self._device_anchor.device)
 
 
 @dataclass

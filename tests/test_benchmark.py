@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dgm_edu import metrics
 from dgm_edu.data import load_digits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,23 +24,21 @@ def _run_module():
 
 
 def test_memorisation_flags_exact_copies():
-    run = _run_module()
     x_train, x_test = load_digits("train")[0], load_digits("test")[0]
-    copies = run.memorisation(x_train[:200], x_train, x_test)
+    copies = metrics.memorisation(x_train[:200], x_train, x_test)
     assert copies["memorisation_ratio"] == 0.0 and copies["exact_copies"] == 1.0
     # held-out data against itself: ratio exactly 1 by definition; no copies
-    fresh = run.memorisation(x_test, x_train, x_test)
+    fresh = metrics.memorisation(x_test, x_train, x_test)
     assert fresh["memorisation_ratio"] == pytest.approx(1.0) and fresh["exact_copies"] == 0.0
     # half copies, half test images: the median falls between, some copies flagged
-    mixed = run.memorisation(torch.cat([x_train[:100], x_test[:100]]), x_train, x_test)
+    mixed = metrics.memorisation(torch.cat([x_train[:100], x_test[:100]]), x_train, x_test)
     assert 0.0 < mixed["exact_copies"] == pytest.approx(0.5)
     # noise is farther from the training set than real held-out digits
-    noise = run.memorisation(torch.randint(0, 17, (100, 1, 8, 8)), x_train, x_test)
+    noise = metrics.memorisation(torch.randint(0, 17, (100, 1, 8, 8)), x_train, x_test)
     assert noise["memorisation_ratio"] > 2.0
 
 
 def test_memorisation_ratio_matches_brute_force():
-    run = _run_module()
     g = torch.Generator().manual_seed(0)
     train, test = (
         torch.randint(0, 17, (30, 1, 8, 8), generator=g),
@@ -53,7 +52,7 @@ def test_memorisation_ratio_matches_brute_force():
         )
 
     expected = nearest(samples).median() / nearest(test).median()
-    got = run.memorisation(samples, train, test)["memorisation_ratio"]
+    got = metrics.memorisation(samples, train, test)["memorisation_ratio"]
     assert got == pytest.approx(float(expected), rel=1e-5)
 
 

@@ -422,16 +422,7 @@ def test_a_chapter_runs_with_sockets_blocked(tmp_path, monkeypatch):
 FAMILIES = ["mixtures", "vae", "gan", "flows", "diffusion", "rbm", "autoregressive"]
 # Models that fail a check below for a known reason, reported to their authors (see the report).
 # They are marked xfail (not run) so that the suite stays green while the fix is pending.
-KNOWN_ISSUES: dict[tuple[str, str], str] = {
-    ("mixtures.UniformPixels", "meta"): "sample() calls torch.randint without device=: it has no "
-    "parameter or buffer to take the device from, so its samples are always on the CPU",
-    ("flows.DigitFlow", "meta"): "ActNorm's data-dependent initialisation reads "
-    "bool(self.initialized) on the first training batch (skip it when x.is_meta)",
-    ("flows.Flow2D", "meta"): "ActNorm's data-dependent initialisation reads "
-    "bool(self.initialized) on the first training batch (skip it when x.is_meta)",
-    ("diffusion.Diffusion", "meta"): "decoder_term builds torch.distributions.Normal with "
-    "argument validation on, which reads values (pass validate_args=False)",
-}
+KNOWN_ISSUES: dict[tuple[str, str], str] = {}  # (family.Model, check) -> reason, while open
 
 
 def _family_models() -> list:
