@@ -32,6 +32,45 @@ PLANTED = {
             "    return log_theta.gather(1, x.flatten(1).T).sum(0)\n"
         ),
     },
+    "03_vae": {
+        # the KL against N(0, I), whatever the prior: passes the visible tests (which use a
+        # standard-normal prior), fails the hidden test with a general prior
+        "vae-ex1-solution": (
+            "def kl_diag(mu_q, logvar_q, mu_p, logvar_p):\n"
+            "    return 0.5 * (mu_q**2 + logvar_q.exp() - logvar_q - 1).sum(-1)\n"
+        ),
+    },
+    "02_rbm": {
+        # drops the visible-bias term: the visible test has b = 0
+        "rbm-ex1-solution": (
+            "def free_energy(v, W, b, c):\n"
+            "    return -torch.nn.functional.softplus(v @ W + c).sum(-1)\n"
+        ),
+    },
+    "04_gan": {
+        # the value at p = q, whatever p and q are
+        "gan-ex1-solution": (
+            "def value_at_optimum(p, q):\n    return torch.log(torch.tensor(0.25, dtype=p.dtype))\n"
+        ),
+    },
+    "05_autoregressive": {
+        # a hard-coded 3x3 mask: right for the visible k = 3 only
+        "ar-ex1-solution": (
+            "def make_mask(k, mask_type):\n"
+            "    mask = torch.ones(3, 3)\n"
+            "    mask[2:] = 0\n"
+            "    mask[1, 1 + (mask_type == 'B'):] = 0\n"
+            "    return mask\n"
+        ),
+    },
+    "07_diffusion": {
+        # the right variance with a wrong mean: the visible test checks the variance only
+        "diffusion-ex1-solution": (
+            "def posterior_mean_var(x0, xt, abar_t, abar_prev):\n"
+            "    beta = 1 - abar_t / abar_prev\n"
+            "    return x0, beta * (1 - abar_prev) / (1 - abar_t)\n"
+        ),
+    },
 }
 NAMES = build_course.chapter_names()
 
