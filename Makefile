@@ -1,6 +1,9 @@
 # dgm_edu task runner. The README's two commands:
-#   make book   execute every chapter (full mode) and build the site  -> book/_build/html/index.html
+#   make book   execute every chapter on the shipped reference weights and build the site
+#               -> book/_build/html/index.html
 #   make test   the whole test suite (what CI runs, via .ci/run)
+# Also: make weights (retrain every reference model in full mode and ship it), make book-full
+# (the same site, every model retrained from scratch), make book-fast (the tiny CI budgets).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PY ?= python3
@@ -12,7 +15,7 @@ JOBS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup book book-fast test lint sync check-sync unit chapters browser assignments \
+.PHONY: setup book book-full book-fast weights verify-weights test lint sync check-sync unit chapters browser assignments \
         test-assignments benchmark clean chromium
 
 ## setup: the virtual environment (torch pinned to the CPU build), MathJax from npm, Chromium.
@@ -58,17 +61,35 @@ unit: setup
 chapters: setup
 	DGM_EDU_FAST=1 $(BIN)/pytest --nbval-lax chapters -q -n $(JOBS) --dist loadfile -p no:cacheprovider
 
-## book: execute every chapter in full mode and build the site
+## book: execute every chapter in reference mode (the shipped weights) and build the site.
+## Its execution cache is dropped whenever the shipped weights change.
+MANIFEST := dgm_edu/assets/weights/manifest.json
 book: setup
-	$(BIN)/jupyter-book build book --warningiserror --keep-going
+	@mkdir -p book/_build
+	@cmp -s $(MANIFEST) book/_build/.weights-manifest || rm -rf book/_build/.jupyter_cache
+	DGM_EDU_MODE=reference $(BIN)/jupyter-book build book --warningiserror --keep-going
+	cp $(MANIFEST) book/_build/.weights-manifest
 	@echo "The site is at $(CURDIR)/book/_build/html/index.html"
 
-## book-fast: the same site with fast-mode training (for CI and the browser test)
+## book-full: the same site with every model retrained from scratch at the full budget
+book-full: setup
+	DGM_EDU_MODE=full $(BIN)/jupyter-book build book --warningiserror --keep-going --path-output build/full
+	@echo "The full-mode site is at $(CURDIR)/build/full/_build/html/index.html"
+
+## weights: retrain every reference model in full mode (one torch thread, recorded) and write
+## dgm_edu/assets/weights/ (safetensors + manifest.json). Resumes from .checkpoints/full/.
+weights: setup
+	DGM_EDU_MODE=full OMP_NUM_THREADS=1 $(BIN)/python -m dgm_edu.weights build --threads 1 $(NAMES)
+
+verify-weights: setup
+	$(BIN)/python -m dgm_edu.weights verify
+
+## book-fast: the same site with fast-mode training
 book-fast: setup
 	DGM_EDU_FAST=1 $(BIN)/jupyter-book build book --warningiserror --keep-going --path-output build/fast
 	@echo "The fast-mode site is at $(CURDIR)/build/fast/_build/html/index.html"
 
-## browser: load every page of the fast-mode site in headless Chromium
+## browser: load every page of the reference site (make book) in headless Chromium
 browser: setup chromium
 	$(BIN)/pytest tests/browser -q -p no:cacheprovider
 
@@ -80,7 +101,7 @@ test-assignments: setup
 	$(BIN)/pytest tests/assignments -q -p no:cacheprovider
 
 ## test: everything CI runs
-test: setup lint check-sync unit chapters book-fast browser test-assignments
+test: setup lint check-sync unit chapters book browser test-assignments
 	@echo "All checks passed."
 
 benchmark: setup

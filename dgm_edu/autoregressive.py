@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -434,6 +435,7 @@ def train_char_model(
     seed: int = 0,
     progress: bool = True,
     val_words: list[str] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> tuple[CharModel, History]:
     """Train a ``"rnn"`` or ``"transformer"`` character model on ``words`` with the shared loop."""
     seed_everything(seed)
@@ -452,6 +454,7 @@ def train_char_model(
         epochs=epochs,
         grad_clip=1.0,
         seed=seed,
+        checkpoint=checkpoint,
         progress=progress,
         desc=kind,
     )

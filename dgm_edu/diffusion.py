@@ -509,6 +509,7 @@ def train_toy(
     *,
     n: int = 8192,
     epochs: int | None = None,
+    checkpoint: str | Path | None = None,
     progress: bool = True,
     seed: int = 0,
 ) -> History:
@@ -518,6 +519,6 @@ def train_toy(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     loader = make_loader(toy_2d(name, n, seed=seed), batch_size=512, shuffle=True)
     return fit(
-        model, opt, loader, epochs=epochs, progress=progress, seed=seed, scheduler=sched,
-        desc=f"toy-{name}",
+        model, opt, loader, epochs=epochs, checkpoint=checkpoint, progress=progress, seed=seed,
+        scheduler=sched, desc=f"toy-{name}",
     )  # fmt: skip

@@ -22,12 +22,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgm_edu.data import LEVELS, NUM_PIXELS, dequantize, digits_loader, validate_digits
+from dgm_edu.data import (
+    LEVELS,
+    NUM_PIXELS,
+    dequantize,
+    digits_loader,
+    make_loader,
+    toy_2d,
+    validate_digits,
+)
 from dgm_edu.runtime import budget, seed_everything
 from dgm_edu.train import History, fit
 
@@ -627,3 +636,29 @@ def train_reference(
         desc=f"flow ({dequantization})",
     )
     return model, hist
+
+
+def train_toy(
+    name: str,
+    *,
+    kind: str = "coupling",
+    num_layers: int = 8,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> tuple[Flow2D, History]:
+    """Fit a :class:`Flow2D` to one of ``data.toy_2d``'s toys by maximum likelihood (chapter 6).
+
+    Its training points are ``toy_2d(name, budget(fast=2000, full=8000), seed=seed)``.
+    """
+    seed_everything(seed)
+    points = toy_2d(name, n=budget(fast=2000, full=8000), seed=seed)
+    model = Flow2D(Flow2DConfig(kind=kind, num_layers=num_layers, hidden=64))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    epochs = budget(fast=20, full=150)
+    hist = fit(
+        model, opt, make_loader(points, batch_size=128, shuffle=True), epochs=epochs,
+        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs), checkpoint=checkpoint,
+        progress=progress, device="cpu", seed=seed, desc=f"flow-{name}",
+    )  # fmt: skip
+    return model.eval(), hist

@@ -1,30 +1,74 @@
-"""The run-time knobs, each read in one place: the device, the seed, and the training budget.
+"""The run-time knobs, each read in one place: the mode, the device, the seed, the budgets.
 
-``DGM_EDU_FAST=1`` selects the small budgets used by the tests and CI; full mode is the default.
-Chapters call :func:`budget` and never read the variable themselves.
+Three modes, chosen by the environment and read only here (chapters call :func:`mode`,
+:func:`budget` and :func:`checkpoint_path`, never the environment):
+
+- ``reference`` (the default, for readers): models load the shipped, verified weights of
+  :mod:`dgm_edu.weights`; only what has none is trained, at the full budget;
+- ``full`` (``DGM_EDU_MODE=full``): every model is retrained from scratch at the full budget
+  (how the shipped weights were made: ``make weights``);
+- ``fast`` (``DGM_EDU_MODE=fast``, or the older ``DGM_EDU_FAST=1``): the tiny budgets of the
+  tests and CI, trained from scratch.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from typing import TypeVar
+from pathlib import Path
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
 
 T = TypeVar("T")
-FAST_ENV = "DGM_EDU_FAST"
+Mode = Literal["reference", "full", "fast"]
+MODES: tuple[Mode, ...] = ("reference", "full", "fast")
+MODE_ENV = "DGM_EDU_MODE"
+FAST_ENV = "DGM_EDU_FAST"  # the older switch: DGM_EDU_FAST=1 is DGM_EDU_MODE=fast
+CHECKPOINT_ENV = "DGM_EDU_CHECKPOINTS"  # where checkpoints go (default: ./.checkpoints)
+
+
+def mode() -> Mode:
+    """The run mode: ``"reference"`` (default), ``"full"`` or ``"fast"``; see the module doc."""
+    fast_flag = os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    raw = os.environ.get(MODE_ENV, "").strip().lower()
+    if not raw:
+        return "fast" if fast_flag else "reference"
+    if raw not in MODES:
+        raise ValueError(f"{MODE_ENV}={raw!r} is not a mode: expected one of {', '.join(MODES)}")
+    if fast_flag and raw != "fast":
+        raise ValueError(
+            f"{FAST_ENV}=1 asks for fast mode but {MODE_ENV}={raw!r}: expected one of them, "
+            "or the two to agree"
+        )
+    return raw  # type: ignore[return-value]
 
 
 def is_fast() -> bool:
-    """True when ``DGM_EDU_FAST`` is set to 1/true/yes (tests and CI), False otherwise."""
-    return os.environ.get(FAST_ENV, "0").strip().lower() in {"1", "true", "yes", "on"}
+    """True in fast mode (tests and CI)."""
+    return mode() == "fast"
 
 
 def budget(*, fast: T, full: T) -> T:
-    """Pick the fast-mode or the full-mode value, e.g. ``epochs = budget(fast=5, full=200)``."""
+    """Pick the fast-mode or the full-mode value, e.g. ``epochs = budget(fast=5, full=200)``.
+
+    Reference mode uses the full budgets: the shipped weights were trained with them, and the
+    chapters evaluate those weights at the same sample sizes as a full run.
+    """
     return fast if is_fast() else full
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where the training checkpoint of ``name`` lives in the current mode.
+
+    ``.checkpoints/<mode>/<name>.pt`` under the working directory (or ``$DGM_EDU_CHECKPOINTS``),
+    so runs of different modes never resume from each other's files.
+    """
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ValueError(f"checkpoint name must be a plain file stem like 'vae-2d', got {name!r}")
+    root = Path(os.environ.get(CHECKPOINT_ENV) or ".checkpoints")
+    return root / mode() / f"{name}.pt"
 
 
 def get_device(device: str | torch.device = "auto") -> torch.device:

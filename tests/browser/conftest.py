@@ -1,4 +1,4 @@
-"""Fixtures for the browser test: the fast-mode site served on 127.0.0.1, and Debian's Chromium."""
+"""Fixtures for the browser test: the reference site (make book) served on 127.0.0.1, and Debian's Chromium."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SITE = Path(os.environ.get("DGM_EDU_SITE", ROOT / "build" / "fast" / "_build" / "html"))
+SITE = Path(os.environ.get("DGM_EDU_SITE", ROOT / "book" / "_build" / "html"))
 CHROMIUM_FLAGS = [
     "--headless=new",
     "--no-sandbox",
@@ -36,7 +36,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def site_dir() -> Path:
     if not (SITE / "index.html").is_file():
-        pytest.fail(f"No built site at {SITE}: run 'make book-fast' first (or set DGM_EDU_SITE)")
+        pytest.fail(f"No built site at {SITE}: run 'make book' first (or set DGM_EDU_SITE)")
     return SITE
 
 

@@ -1,0 +1,658 @@
+"""Reference weights: every model a chapter trains at its full budget, shipped and verified.
+
+The book's reader runs in *reference* mode (:func:`dgm_edu.runtime.mode`): a chapter asks for a
+model by name with :func:`obtain`, which loads the shipped weights instead of retraining them.
+In *full* and *fast* mode the same call trains the model from scratch with its recipe.
+
+- :func:`names` lists the shipped entries; :func:`load` returns one model in eval mode, ready for
+  ``log_prob`` and ``sample``; :func:`history` its training curves; :func:`entry` its manifest row.
+- Every entry is a ``safetensors`` file (tensors only: loading runs no code) under
+  ``dgm_edu/assets/weights/`` plus one row of ``manifest.json``: the file's sha256, the model
+  class and config, the recipe, seed, torch version and thread count it was built with, the
+  training seconds, and the validation and test figures measured when it was built. The digest
+  is checked on every load.
+- ``make weights`` (``python -m dgm_edu.weights build``) rebuilds them in full mode: each recipe
+  below is the one its chapter uses. A rebuild on a CPU with the recorded thread count reproduces
+  each file bit for bit (the suite checks the cheap entries).
+
+The headline digits models are ``mixture``, ``rbm``, ``vae``, ``gan``, ``autoregressive``,
+``flows`` and ``diffusion``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import hashlib
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dgm_edu import runtime
+from dgm_edu.train import History
+
+WEIGHTS_DIR = Path(__file__).parent / "assets" / "weights"
+MANIFEST = "manifest.json"
+HEADLINE = ("mixture", "rbm", "vae", "gan", "autoregressive", "flows", "diffusion")
+
+
+class WeightsError(RuntimeError):
+    """A shipped weights file that is unknown, missing, or not the one the manifest describes."""
+
+
+# --------------------------------------------------------------------------- the recipes
+@dataclass(frozen=True)
+class Recipe:
+    """How one entry is trained. ``train(checkpoint, progress)`` returns ``(model, history)``, or
+    for a staged recipe a list of ``(stop, model, history)`` (the entries ``name@stop``, the last
+    one is ``name``). ``figures(model)`` measures the manifest's test figures (fixed seeds)."""
+
+    train: Callable[[Path | None, bool], Any]
+    figures: Callable[..., dict[str, Any]]  # (model, full=True): full=False skips slow estimators
+    chapter: str
+    stages: tuple[int, ...] = ()
+
+
+def _digits_nll(estimate: Callable[[nn.Module], Callable], estimator: str, check: Callable | None = None):
+    """Figures of a digits likelihood model: the benchmark's estimator on the test split, and a
+    cheap ``check`` estimator (fixed seed) that the test suite recomputes."""
+
+    def figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
+        from dgm_edu.data import load_digits
+        from dgm_edu.metrics import evaluate_nll, nats_to_bpd
+
+        x, _ = load_digits("test")
+        out: dict[str, Any] = {}
+        for key, est in (("test", estimate if full or check is None else None), ("check", check)):
+            if est is None:
+                continue
+            torch.manual_seed(0)
+            with torch.no_grad():
+                nll = evaluate_nll(est(model), x)
+            out[f"{key}_nll_nats"] = round(nll, 4)
+        if "test_nll_nats" in out:
+            out["test_bpd"] = round(nats_to_bpd(out["test_nll_nats"]), 4)
+        out["estimator"] = estimator
+        return out
+
+    return figures
+
+
+def _exact(model: nn.Module) -> Callable:
+    return model.log_prob
+
+
+def _gan_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
+    from dgm_edu.data import load_digits
+    from dgm_edu.metrics import fid, precision_recall
+
+    x, _ = load_digits("test")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        s = model.sample(len(x))
+    p, r = precision_recall(s, x)
+    return {
+        "test_fid": round(fid(s, x), 3),
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "estimator": f"FID/precision/recall of {len(x)} samples (seed 0) against the test split",
+    }
+
+
+def _ring_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
+    from dgm_edu.metrics import mode_coverage
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        s = model.sample(2000)
+    covered, within = mode_coverage(s)
+    return {"modes": covered, "within_3sigma": round(within, 4), "estimator": "2000 samples"}
+
+
+def _toy_nll(name: str) -> Callable[[nn.Module], dict[str, Any]]:
+    def figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
+        from dgm_edu.data import toy_2d
+
+        x = toy_2d(name, 4000, seed=123)
+        with torch.no_grad():
+            nll = -model.log_prob(x).mean().item()
+        return {"test_nll_nats": round(nll, 4), "estimator": f"4000 fresh {name} points"}
+
+    return figures
+
+
+def _vae_elbo(model: nn.Module, full: bool = True) -> dict[str, Any]:
+    from dgm_edu.data import load_digits
+
+    x, y = load_digits("test")
+    args = (y,) if model.config.num_classes > 0 else ()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        neg_elbo = -torch.stack([model.elbo(x, *args) for _ in range(10)]).mean().item()
+    return {"test_neg_elbo_nats": round(neg_elbo, 4), "estimator": "ELBO, mean of 10 draws"}
+
+
+def _text_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
+    from dgm_edu.autoregressive import Vocab, load_names
+
+    words = load_names()
+    ids = Vocab(words).encode(words[2700:], model.config.max_len)
+    with torch.no_grad():
+        nll = -model.log_prob(ids).mean().item()
+    return {"test_nll_nats": round(nll, 4), "estimator": "exact NLL per name, 300 test names"}
+
+
+def _names_split() -> tuple[list[str], list[str], Any]:
+    from dgm_edu.autoregressive import Vocab, load_names
+
+    words = load_names()
+    return words[:2400], words[2400:2700], Vocab(words)
+
+
+# Each recipe is exactly the call its chapter makes (the chapter calls obtain(name)).
+def _mixture(ck, progress):
+    from dgm_edu.mixtures import train_reference
+
+    return train_reference(checkpoint=ck, progress=progress)
+
+
+def _rbm(ck, progress):
+    from dgm_edu.rbm import train_reference
+
+    return train_reference(checkpoint=ck, progress=progress)
+
+
+def _vae(ck, progress):
+    from dgm_edu.vae import train_reference
+
+    return train_reference(checkpoint=ck, progress=progress)
+
+
+def _vae_variant(kind: str, beta: float = 1.0) -> Callable:
+    """The chapter-3 side models: ``"2d"`` (a 2D latent), ``"beta"`` (the sweep), ``"cond"``."""
+
+    def train(ck, progress):
+        from dgm_edu.runtime import budget
+        from dgm_edu.vae import VAEConfig, train_vae
+
+        if kind == "beta":
+            cfg = VAEConfig(latent_dim=16, channels=16, beta=beta, warmup_steps=100)
+            epochs, patience = budget(fast=3, full=60), budget(fast=None, full=15)
+        else:
+            latent, classes = (2, 0) if kind == "2d" else (16, 10)
+            cfg = VAEConfig(latent_dim=latent, channels=budget(fast=16, full=32),
+                            num_classes=classes, warmup_steps=200)  # fmt: skip
+            epochs, patience = budget(fast=5, full=100), budget(fast=None, full=20)
+        return train_vae(cfg, epochs=epochs, patience=patience, checkpoint=ck, progress=progress)
+
+    return train
+
+
+def _gan_staged(data: str, fast: list[int], full: list[int]) -> Callable:
+    def train(ck, progress):
+        from dgm_edu.gan import train_stages
+        from dgm_edu.runtime import budget
+
+        stops = budget(fast=fast, full=full)
+        return list(train_stages(stops, checkpoint=str(ck), data=data, progress=progress))
+
+    return train
+
+
+def _cgan(ck, progress):
+    from dgm_edu.gan import GANConfig, train_reference
+
+    config = GANConfig(arch="conv", hidden=64, latent_dim=16, num_classes=10)
+    return train_reference(data="digits", config=config, checkpoint=ck, progress=progress)
+
+
+def _pixelcnn(conditional: bool) -> Callable:
+    def train(ck, progress):
+        from dgm_edu.autoregressive import train_reference
+
+        model, hist = train_reference(checkpoint=ck, progress=progress, conditional=conditional)
+        return model.eval(), hist
+
+    return train
+
+
+def _text(kind: str) -> Callable:
+    def train(ck, progress):
+        from dgm_edu.autoregressive import train_char_model
+        from dgm_edu.runtime import budget
+
+        train_words, val_words, vocab = _names_split()
+        model, hist = train_char_model(
+            kind, train_words, vocab, epochs=budget(fast=2, full=30), val_words=val_words,
+            progress=progress, checkpoint=ck,
+        )  # fmt: skip
+        return model.eval(), hist
+
+    return train
+
+
+def _digit_flow(dequantization: str) -> Callable:
+    def train(ck, progress):
+        from dgm_edu.flows import train_reference
+
+        model, hist = train_reference(
+            dequantization=dequantization, checkpoint=ck, progress=progress
+        )
+        return model.eval(), hist
+
+    return train
+
+
+def _flow2d(name: str, kind: str = "coupling", num_layers: int = 8) -> Callable:
+    def train(ck, progress):
+        from dgm_edu.flows import train_toy
+
+        return train_toy(name, kind=kind, num_layers=num_layers, checkpoint=ck, progress=progress)
+
+    return train
+
+
+def _diffusion(ck, progress):
+    from dgm_edu.diffusion import train_reference
+
+    model, hist = train_reference(checkpoint=ck, progress=progress)
+    return model.eval(), hist
+
+
+def _toy_denoiser(kind: str) -> Callable:
+    def train(ck, progress):
+        from dgm_edu.diffusion import Diffusion, DiffusionConfig, FlowMatching, train_toy
+        from dgm_edu.runtime import budget
+
+        cls = {"diffusion": Diffusion, "flow-matching": FlowMatching}[kind]
+        model = cls(DiffusionConfig(data="toy", channels=128))
+        epochs = budget(fast=30, full=300) if kind == "flow-matching" else None
+        hist = train_toy(model, "ring8", epochs=epochs, progress=progress, checkpoint=ck)
+        return model.eval(), hist
+
+    return train
+
+
+def _vae_k(k: int) -> Callable:
+    return lambda m: (lambda x: m.log_prob(x, k=k))
+
+
+def _flow_k(k: int) -> Callable:
+    return lambda m: (lambda x: m.log_prob(x, num_samples=k))
+
+
+def _diffusion_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
+    return _digits_nll(_exact, "variational bound, 64 stratified timesteps per image")(model)
+
+
+BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+RECIPES: dict[str, Recipe] = {
+    "mixture": Recipe(_mixture, _digits_nll(_exact, "exact log-likelihood"), "01_introduction"),
+    "rbm": Recipe(
+        _rbm,
+        _digits_nll(_exact, "exact log-likelihood of the binarized digits (log Z enumerated)"),
+        "02_rbm",
+    ),
+    "vae": Recipe(
+        _vae,
+        _digits_nll(_vae_k(1000), "IWAE bound, k=1000 (upper bound on the NLL)", _vae_k(50)),
+        "03_vae",
+    ),
+    "vae-2d": Recipe(_vae_variant("2d"), _vae_elbo, "03_vae"),
+    **{f"vae-beta{b}": Recipe(_vae_variant("beta", b), _vae_elbo, "03_vae") for b in BETAS},
+    "vae-cond": Recipe(_vae_variant("cond"), _vae_elbo, "03_vae"),
+    "gan": Recipe(_gan_staged("digits", [2, 5, 10], [10, 50, 150, 300]), _gan_figures, "04_gan",
+                  stages=(10, 50, 150, 300)),
+    "gan-ring8": Recipe(_gan_staged("ring8", [5, 10, 20], [10, 50, 400]), _ring_figures,
+                        "04_gan", stages=(10, 50, 400)),
+    "gan-cond": Recipe(_cgan, _gan_figures, "04_gan"),
+    "autoregressive": Recipe(
+        _pixelcnn(False), _digits_nll(_exact, "exact log-likelihood (chain rule)"),
+        "05_autoregressive",
+    ),
+    "autoregressive-cond": Recipe(
+        _pixelcnn(True),
+        _digits_nll(_exact, "exact log-likelihood, marginal over the 10 classes"),
+        "05_autoregressive",
+    ),
+    "text-rnn": Recipe(_text("rnn"), _text_figures, "05_autoregressive"),
+    "text-transformer": Recipe(_text("transformer"), _text_figures, "05_autoregressive"),
+    "flows": Recipe(
+        _digit_flow("variational"),
+        _digits_nll(
+            _flow_k(16), "variational-dequantization bound, mean of 16 one-sample bounds",
+            _flow_k(4),
+        ),
+        "06_flows",
+    ),
+    "flows-uniform": Recipe(
+        _digit_flow("uniform"),
+        _digits_nll(_flow_k(16), "uniform-dequantization bound, mean of 16 one-sample bounds",
+                    _flow_k(4)),
+        "06_flows",
+    ),
+    **{
+        f"flow2d-{toy}": Recipe(_flow2d(toy), _toy_nll(toy), "06_flows")
+        for toy in ("moons", "checkerboard", "ring8")
+    },
+    "flow2d-moons-planar": Recipe(
+        _flow2d("moons", kind="planar", num_layers=16), _toy_nll("moons"), "06_flows"
+    ),
+    "diffusion": Recipe(_diffusion, _diffusion_figures, "07_diffusion"),
+    "diffusion-toy": Recipe(_toy_denoiser("diffusion"), _ring_figures, "07_diffusion"),
+    "flow-matching-toy": Recipe(_toy_denoiser("flow-matching"), _ring_figures, "07_diffusion"),
+}
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe that trains ``name`` (stages of a staged recipe share their base's recipe)."""
+    base = name.split("@", 1)[0]
+    if base not in RECIPES:
+        raise WeightsError(
+            f"Unknown weights name {name!r}: expected one of {', '.join(sorted(RECIPES))}"
+        )
+    return RECIPES[base]
+
+
+# --------------------------------------------------------------------------- the manifest
+def weights_dir() -> Path:
+    """Where the shipped files live (``$DGM_EDU_WEIGHTS`` overrides it, e.g. for a test)."""
+    return Path(os.environ.get("DGM_EDU_WEIGHTS") or WEIGHTS_DIR)
+
+
+def manifest() -> dict[str, dict[str, Any]]:
+    """Every shipped entry's manifest row, by name (empty when nothing is shipped)."""
+    path = weights_dir() / MANIFEST
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())["entries"]
+
+
+def names() -> list[str]:
+    """The names of the shipped entries, sorted."""
+    return sorted(manifest())
+
+
+def entry(name: str) -> dict[str, Any]:
+    """The manifest row of ``name``: file, sha256, class, config, recipe, figures, history."""
+    rows = manifest()
+    if name not in rows:
+        known = ", ".join(sorted(rows)) or "none (run `make weights`)"
+        raise WeightsError(f"No shipped weights named {name!r}: expected one of {known}")
+    return rows[name]
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verified_file(name: str) -> Path:
+    row = entry(name)
+    path = weights_dir() / row["file"]
+    if not path.is_file():
+        raise WeightsError(
+            f"The weights file of {name!r} is missing: expected {path} (reinstall dgm_edu, or "
+            f"rebuild it with `make weights`)"
+        )
+    digest = sha256_of(path)
+    if digest != row["sha256"]:
+        raise WeightsError(
+            f"The weights file {path} does not match the manifest: sha256 {digest[:12]}..., "
+            f"expected {row['sha256'][:12]}... (the file was changed or corrupted; rebuild it "
+            f"with `make weights` or reinstall dgm_edu)"
+        )
+    return path
+
+
+def _import(qualname: str) -> Any:
+    module, _, attr = qualname.rpartition(".")
+    obj = importlib.import_module(module)
+    for part in attr.split("/"):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _tuples(value: Any) -> Any:
+    """JSON turns a config's tuples into lists: turn them back."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def build_model(row: dict[str, Any]) -> nn.Module:
+    """An untrained model of the class and config a manifest row records."""
+    cls = _import(row["class"])
+    kwargs = {k: _tuples(v) for k, v in row["init"].items()}
+    if row.get("config_class"):
+        config_cls = _import(row["config_class"])
+        kwargs["config"] = config_cls(**{k: _tuples(v) for k, v in row["config"].items()})
+    return cls(**kwargs)
+
+
+def load(name: str, device: str | torch.device = "auto") -> nn.Module:
+    """The shipped model ``name``, verified against the manifest, in eval mode on ``device``."""
+    from safetensors.torch import load_file
+
+    from dgm_edu.train import load_model_state
+
+    path = _verified_file(name)
+    model = build_model(entry(name))
+    load_model_state(model, load_file(str(path)), str(path))
+    return model.to(runtime.get_device(device)).eval()
+
+
+def history(name: str) -> History:
+    """The training history recorded when ``name`` was built."""
+    return History(**entry(name)["history"])
+
+
+# --------------------------------------------------------------------------- what chapters call
+def obtain(name: str, *, progress: bool = False) -> tuple[nn.Module, History]:
+    """The model ``name`` and its training history, as the current mode gives it.
+
+    Reference mode: the shipped weights (verified), or, for a name that has none, training at
+    the full budget (said in one line). Full and fast mode: the recipe, trained from scratch into
+    ``runtime.checkpoint_path(name)`` (a finished checkpoint reloads instead of retraining).
+    """
+    rec = recipe(name)
+    if rec.stages and "@" not in name:
+        return obtain_stages(name, progress=progress)[-1][1:]  # type: ignore[return-value]
+    if runtime.mode() == "reference" and name in manifest():
+        return load(name), history(name)
+    if rec.stages:
+        stop = int(name.split("@", 1)[1])
+        for s, model, hist in obtain_stages(name.split("@")[0], progress=progress):
+            if s == stop:
+                return model, hist
+        raise WeightsError(f"{name!r}: expected a stage in {rec.stages}")
+    _say_training(name)
+    model, hist = rec.train(runtime.checkpoint_path(name), progress)
+    return model.eval(), hist
+
+
+def obtain_stages(name: str, *, progress: bool = False) -> list[tuple[int, nn.Module, History]]:
+    """A staged recipe's ``(stop, model, history)`` after each stage (see :func:`obtain`)."""
+    rec = recipe(name)
+    if not rec.stages:
+        raise WeightsError(f"{name!r} is not a staged recipe: call obtain({name!r})")
+    stages = stage_names(name)
+    if runtime.mode() == "reference" and all(s in manifest() for _, s in stages):
+        return [(stop, load(s), history(s)) for stop, s in stages]
+    _say_training(name)
+    return [(s, m.eval(), h) for s, m, h in rec.train(runtime.checkpoint_path(name), progress)]
+
+
+def stage_names(name: str) -> list[tuple[int, str]]:
+    """``(stop, entry name)`` of each stage: ``name@stop``, the last one plain ``name``."""
+    stops = recipe(name).stages
+    return [(s, name if s == stops[-1] else f"{name}@{s}") for s in stops]
+
+
+def _say_training(name: str) -> None:
+    if runtime.mode() == "reference":
+        print(f"{name}: no shipped weights, so it is trained here at the full budget")
+
+
+# --------------------------------------------------------------------------- building them
+def _init_kwargs(model: nn.Module) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """(constructor keywords other than config, config class, config as a dict) of a model."""
+    import inspect
+
+    params = inspect.signature(type(model).__init__).parameters
+    init = {p: getattr(model, p) for p in params if p not in ("self", "config")}
+    config = getattr(model, "config", None)
+    if config is None:
+        return init, None, {}
+    cfg_cls = type(config)
+    return init, f"{cfg_cls.__module__}.{cfg_cls.__qualname__}", dataclasses.asdict(config)
+
+
+def _row(name: str, model: nn.Module, hist: History, rec: Recipe, path: Path, threads: int,
+         wall: float) -> dict[str, Any]:  # fmt: skip
+    init, cfg_cls, cfg = _init_kwargs(model)
+    model.eval()
+    t0 = time.perf_counter()
+    figures = rec.figures(model)
+    return {
+        "file": path.name,
+        "sha256": sha256_of(path),
+        "bytes": path.stat().st_size,
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "init": init,
+        "config_class": cfg_cls,
+        "config": cfg,
+        "recipe": f"dgm_edu.weights.RECIPES[{name.split('@')[0]!r}] ({rec.train.__qualname__})",
+        "chapter": rec.chapter,
+        "seed": 0,
+        "mode": "full",
+        "torch": torch.__version__,
+        "threads": threads,
+        "device": "cpu",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(hist.seconds, 1),
+        "build_seconds": round(wall, 1),
+        "epochs_run": hist.epochs_run,
+        "best_epoch": hist.best_epoch,
+        "best_val_loss": None if hist.best_val == float("inf") else round(hist.best_val, 4),
+        "figures": figures,
+        "eval_seconds": round(time.perf_counter() - t0, 1),
+        "history": dataclasses.asdict(hist),
+    }
+
+
+def _save_state(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+
+
+def _write_manifest(rows: dict[str, dict[str, Any]], out: Path) -> None:
+    text = json.dumps(
+        {
+            "about": "dgm_edu reference weights: one row per entry; see dgm_edu/weights.py",
+            "machine": f"{platform.machine()} {platform.system()}, python {platform.python_version()}",
+            "entries": dict(sorted(rows.items())),
+        },
+        indent=1,
+        sort_keys=False,
+    )
+    tmp = out / f"{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(text + "\n")
+    os.replace(tmp, out / MANIFEST)
+
+
+def build(
+    selected: list[str] | None = None,
+    *,
+    out: Path | None = None,
+    threads: int = 1,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Train each selected recipe in full mode and write its weights and manifest rows.
+
+    Training checkpoints go to ``runtime.checkpoint_path`` (``.checkpoints/full/``), so an
+    interrupted build resumes. Each finished entry is written at once, the manifest too.
+    """
+    if runtime.mode() != "full":
+        raise RuntimeError(
+            f"build() trains the reference weights in full mode; the mode is {runtime.mode()!r}: "
+            "expected DGM_EDU_MODE=full (make weights sets it)"
+        )
+    out = Path(out) if out is not None else weights_dir()
+    torch.set_num_threads(threads)
+    built: dict[str, dict[str, Any]] = {}
+    for name in selected or list(RECIPES):
+        rec = recipe(name)
+        t0 = time.perf_counter()
+        result = rec.train(runtime.checkpoint_path(name), progress)
+        wall = time.perf_counter() - t0
+        outputs = (
+            [(s, m, h) for s, m, h in result] if rec.stages else [(None, *result)]
+        )
+        for stop, model, hist in outputs:
+            entry_name = name if stop in (None, rec.stages[-1] if rec.stages else None) else (
+                f"{name}@{stop}"
+            )
+            path = out / f"{entry_name}.safetensors"
+            _save_state(model, path)
+            built[entry_name] = _row(entry_name, model, hist, rec, path, threads, wall)
+            with open(out / f"{MANIFEST}.lock", "w") as lock:  # builds may run side by side
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                rows = json.loads((out / MANIFEST).read_text())["entries"] if (
+                    out / MANIFEST).is_file() else {}
+                _write_manifest({**rows, entry_name: built[entry_name]}, out)
+            print(f"{entry_name}: {built[entry_name]['figures']} "
+                  f"({built[entry_name]['train_seconds']} s training)", flush=True)
+    return built
+
+
+def _main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dgm_edu.weights", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="train entries in full mode and write their weights")
+    b.add_argument("names", nargs="*", help="entries to build (default: all)")
+    b.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    sub.add_parser("list", help="the shipped entries and their figures")
+    sub.add_parser("verify", help="check every shipped file against its sha256")
+    args = p.parse_args(argv)
+    if args.command == "build":
+        build(args.names or None, threads=args.threads, progress=not args.no_progress)
+    elif args.command == "list":
+        for name, row in manifest().items():
+            print(f"{name:24s} {row['bytes'] / 1e6:6.2f} MB  {row['figures']}")
+    else:
+        for name in names():
+            _verified_file(name)
+        total = sum(r["bytes"] for r in manifest().values())
+        print(f"{len(names())} entries verified, {total / 1e6:.2f} MB")
+    return 0
+
+
+def iter_rows() -> Iterator[tuple[str, dict[str, Any]]]:
+    yield from manifest().items()
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,192 @@
+"""The shipped reference weights: verified on load, reproducing their recorded figures, and
+rebuilt bit for bit from their recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dgm_edu import runtime, weights
+from dgm_edu.data import load_digits
+from dgm_edu.metrics import evaluate_nll
+
+SHIPPED = weights.names()
+needs_weights = pytest.mark.skipif(not SHIPPED, reason="no weights shipped yet (make weights)")
+
+
+# --------------------------------------------------------------------------- modes
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "reference"),
+        ({"DGM_EDU_FAST": "1"}, "fast"),
+        ({"DGM_EDU_MODE": "full"}, "full"),
+        ({"DGM_EDU_MODE": "FAST", "DGM_EDU_FAST": "1"}, "fast"),
+        ({"DGM_EDU_MODE": "reference"}, "reference"),
+    ],
+)
+def test_mode_is_read_from_the_environment(monkeypatch, env, expected):
+    monkeypatch.delenv("DGM_EDU_MODE", raising=False)
+    monkeypatch.delenv("DGM_EDU_FAST", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert runtime.mode() == expected
+    assert runtime.budget(fast="f", full="F") == ("f" if expected == "fast" else "F")
+    assert runtime.checkpoint_path("vae-2d") == Path(".checkpoints") / expected / "vae-2d.pt"
+
+
+def test_mode_refuses_unknown_and_conflicting_values(monkeypatch):
+    monkeypatch.delenv("DGM_EDU_FAST", raising=False)
+    monkeypatch.setenv("DGM_EDU_MODE", "quick")
+    with pytest.raises(ValueError, match="DGM_EDU_MODE='quick' is not a mode: expected one of"):
+        runtime.mode()
+    monkeypatch.setenv("DGM_EDU_MODE", "full")
+    monkeypatch.setenv("DGM_EDU_FAST", "1")
+    with pytest.raises(ValueError, match="asks for fast mode but DGM_EDU_MODE='full'"):
+        runtime.mode()
+    with pytest.raises(ValueError, match="plain file stem"):
+        runtime.checkpoint_path("../x")
+
+
+# --------------------------------------------------------------------------- loading
+def test_unknown_name_is_refused():
+    with pytest.raises(weights.WeightsError, match="No shipped weights named 'vea'"):
+        weights.load("vea")
+    with pytest.raises(weights.WeightsError, match="Unknown weights name 'vea': expected one of"):
+        weights.obtain("vea")
+
+
+@needs_weights
+def test_a_changed_or_missing_file_is_refused(tmp_path, monkeypatch):
+    shutil.copytree(weights.weights_dir(), tmp_path / "w")
+    monkeypatch.setenv("DGM_EDU_WEIGHTS", str(tmp_path / "w"))
+    name = "mixture"
+    path = tmp_path / "w" / weights.entry(name)["file"]
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 1  # one flipped bit in the last weight
+    path.write_bytes(bytes(blob))
+    with pytest.raises(weights.WeightsError, match="does not match the manifest: sha256"):
+        weights.load(name)
+    path.unlink()
+    with pytest.raises(weights.WeightsError, match="weights file of 'mixture' is missing"):
+        weights.load(name)
+
+
+@needs_weights
+def test_headline_models_are_shipped_within_the_size_budget():
+    assert set(weights.HEADLINE) <= set(SHIPPED)
+    total = sum(weights.entry(n)["bytes"] for n in SHIPPED)
+    assert total <= 25e6, f"{total / 1e6:.1f} MB of weights, budget 25 MB"
+    for name in SHIPPED:
+        row = weights.entry(name)
+        for key in ("sha256", "class", "recipe", "seed", "torch", "threads", "train_seconds"):
+            assert row[key] is not None, (name, key)
+        # every recipe is registered: a reader in full mode retrains exactly what was shipped
+        assert weights.recipe(name).chapter == row["chapter"]
+
+
+@needs_weights
+def test_manifest_lists_exactly_the_files_shipped():
+    files = {p.name for p in weights.weights_dir().glob("*.safetensors")}
+    assert files == {weights.entry(n)["file"] for n in SHIPPED}
+
+
+@needs_weights
+def test_autoregressive_reproduces_its_exact_test_nll():
+    x, _ = load_digits("test")
+    model = weights.load("autoregressive", device="cpu")
+    with torch.no_grad():
+        nll = evaluate_nll(model, x)
+    assert nll == pytest.approx(weights.entry("autoregressive")["figures"]["test_nll_nats"], abs=2e-3)
+
+
+@needs_weights
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_reproduces_its_recorded_figures(name):
+    """Each entry's figures recomputed (slow estimators swapped for the recorded cheap check,
+    e.g. IWAE-50 for IWAE-1000): they must match what the manifest recorded at build time."""
+    model = weights.load(name, device="cpu")
+    assert not model.training
+    recorded = weights.entry(name)["figures"]
+    now = weights.recipe(name).figures(model, full=False)
+    compared = [k for k, v in now.items() if isinstance(v, int | float)]
+    assert compared, name
+    for key in compared:
+        # same seeds and estimator, one thread: only summation order may differ
+        assert now[key] == pytest.approx(recorded[key], rel=1e-3, abs=1e-3), (name, key)
+
+
+@needs_weights
+def test_loaded_model_is_ready_for_log_prob_and_sample():
+    x, _ = load_digits("test")
+    for name in ("mixture", "vae", "autoregressive", "flows", "diffusion", "rbm"):
+        model = weights.load(name, device="cpu")
+        with torch.no_grad():
+            lp = model.log_prob(x[:4])
+        assert lp.shape == (4,) and torch.isfinite(lp).all() and (lp < 0).all()
+    gan = weights.load("gan", device="cpu")
+    s = gan.sample(3)
+    assert s.shape == (3, 1, 8, 8) and s.min() >= 0 and s.max() <= 16
+
+
+@needs_weights
+def test_obtain_uses_the_shipped_weights_in_reference_mode(monkeypatch):
+    monkeypatch.delenv("DGM_EDU_FAST", raising=False)
+    monkeypatch.setenv("DGM_EDU_MODE", "reference")
+    model, hist = weights.obtain("mixture")
+    shipped = weights.load("mixture")
+    for a, b in zip(model.state_dict().values(), shipped.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert hist.best_epoch == weights.entry("mixture")["best_epoch"]
+    stages = weights.obtain_stages("gan-ring8")
+    assert [s for s, _, _ in stages] == list(weights.recipe("gan-ring8").stages)
+
+
+def test_obtain_trains_from_scratch_in_fast_mode(monkeypatch, tmp_path):
+    monkeypatch.setenv("DGM_EDU_MODE", "fast")
+    monkeypatch.setenv("DGM_EDU_CHECKPOINTS", str(tmp_path))
+    model, hist = weights.obtain("mixture")
+    assert (tmp_path / "fast" / "mixture.pt").is_file()
+    assert hist.epochs_run <= 25  # the fast budget
+    if "mixture" in SHIPPED:  # fast weights are not the shipped (full-budget) ones
+        assert not torch.equal(model.pixel_logits, weights.load("mixture").pixel_logits)
+
+
+# --------------------------------------------------------------------------- rebuilding
+def _rebuild_and_compare(name: str, tmp_path: Path, monkeypatch) -> None:
+    row = weights.entry(name)
+    monkeypatch.delenv("DGM_EDU_FAST", raising=False)
+    monkeypatch.setenv("DGM_EDU_MODE", "full")
+    monkeypatch.setenv("DGM_EDU_CHECKPOINTS", str(tmp_path / "ck"))
+    threads = torch.get_num_threads()
+    try:
+        built = weights.build([name.split("@")[0]], out=tmp_path / "w", threads=row["threads"],
+                              progress=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert built[name]["sha256"] == row["sha256"], f"{name} did not rebuild bit for bit"
+    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["entries"][name]
+
+
+@needs_weights
+@pytest.mark.parametrize("name", ["mixture", "flow2d-ring8"])
+def test_cheap_entries_rebuild_bit_for_bit(name, tmp_path, monkeypatch):
+    _rebuild_and_compare(name, tmp_path, monkeypatch)
+
+
+@needs_weights
+@pytest.mark.skipif(os.environ.get("DGM_EDU_REBUILD_ALL") != "1", reason="opt-in: minutes each")
+@pytest.mark.parametrize("name", [n for n in SHIPPED if "@" not in n])
+def test_every_entry_rebuilds_bit_for_bit(name, tmp_path, monkeypatch):
+    _rebuild_and_compare(name, tmp_path, monkeypatch)
+
+
+def test_build_refuses_other_modes(monkeypatch):
+    monkeypatch.setenv("DGM_EDU_MODE", "fast")
+    with pytest.raises(RuntimeError, match="expected DGM_EDU_MODE=full"):
+        weights.build(["mixture"])
