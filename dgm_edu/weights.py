@@ -32,7 +32,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,9 @@ class Recipe:
     stages: tuple[int, ...] = ()
 
 
-def _digits_nll(estimate: Callable[[nn.Module], Callable], estimator: str, check: Callable | None = None):
+def _digits_nll(
+    estimate: Callable[[nn.Module], Callable], estimator: str, check: Callable | None = None
+):
     """Figures of a digits likelihood model: the benchmark's estimator on the test split, and a
     cheap ``check`` estimator (fixed seed) that the test suite recomputes."""
 
@@ -285,11 +287,11 @@ def _toy_denoiser(kind: str) -> Callable:
 
 
 def _vae_k(k: int) -> Callable:
-    return lambda m: (lambda x: m.log_prob(x, k=k))
+    return lambda m: lambda x: m.log_prob(x, k=k)
 
 
 def _flow_k(k: int) -> Callable:
-    return lambda m: (lambda x: m.log_prob(x, num_samples=k))
+    return lambda m: lambda x: m.log_prob(x, num_samples=k)
 
 
 def _diffusion_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
@@ -313,13 +315,22 @@ RECIPES: dict[str, Recipe] = {
     "vae-2d": Recipe(_vae_variant("2d"), _vae_elbo, "03_vae"),
     **{f"vae-beta{b}": Recipe(_vae_variant("beta", b), _vae_elbo, "03_vae") for b in BETAS},
     "vae-cond": Recipe(_vae_variant("cond"), _vae_elbo, "03_vae"),
-    "gan": Recipe(_gan_staged("digits", [2, 5, 10], [10, 50, 150, 300]), _gan_figures, "04_gan",
-                  stages=(10, 50, 150, 300)),
-    "gan-ring8": Recipe(_gan_staged("ring8", [5, 10, 20], [10, 50, 400]), _ring_figures,
-                        "04_gan", stages=(10, 50, 400)),
+    "gan": Recipe(
+        _gan_staged("digits", [2, 5, 10], [10, 50, 150, 300]),
+        _gan_figures,
+        "04_gan",
+        stages=(10, 50, 150, 300),
+    ),
+    "gan-ring8": Recipe(
+        _gan_staged("ring8", [5, 10, 20], [10, 50, 400]),
+        _ring_figures,
+        "04_gan",
+        stages=(10, 50, 400),
+    ),
     "gan-cond": Recipe(_cgan, _gan_figures, "04_gan"),
     "autoregressive": Recipe(
-        _pixelcnn(False), _digits_nll(_exact, "exact log-likelihood (chain rule)"),
+        _pixelcnn(False),
+        _digits_nll(_exact, "exact log-likelihood (chain rule)"),
         "05_autoregressive",
     ),
     "autoregressive-cond": Recipe(
@@ -332,15 +343,17 @@ RECIPES: dict[str, Recipe] = {
     "flows": Recipe(
         _digit_flow("variational"),
         _digits_nll(
-            _flow_k(16), "variational-dequantization bound, mean of 16 one-sample bounds",
+            _flow_k(16),
+            "variational-dequantization bound, mean of 16 one-sample bounds",
             _flow_k(4),
         ),
         "06_flows",
     ),
     "flows-uniform": Recipe(
         _digit_flow("uniform"),
-        _digits_nll(_flow_k(16), "uniform-dequantization bound, mean of 16 one-sample bounds",
-                    _flow_k(4)),
+        _digits_nll(
+            _flow_k(16), "uniform-dequantization bound, mean of 16 one-sample bounds", _flow_k(4)
+        ),
         "06_flows",
     ),
     **{
@@ -571,7 +584,8 @@ def _write_manifest(rows: dict[str, dict[str, Any]], out: Path) -> None:
     text = json.dumps(
         {
             "about": "dgm_edu reference weights: one row per entry; see dgm_edu/weights.py",
-            "machine": f"{platform.machine()} {platform.system()}, python {platform.python_version()}",
+            "machine": f"{platform.machine()} {platform.system()}, "
+            f"python {platform.python_version()}",
             "entries": dict(sorted(rows.items())),
         },
         indent=1,
@@ -607,28 +621,36 @@ def build(
         t0 = time.perf_counter()
         result = rec.train(runtime.checkpoint_path(name), progress)
         wall = time.perf_counter() - t0
-        outputs = (
-            [(s, m, h) for s, m, h in result] if rec.stages else [(None, *result)]
-        )
+        outputs = [(s, m, h) for s, m, h in result] if rec.stages else [(None, *result)]
         for stop, model, hist in outputs:
-            entry_name = name if stop in (None, rec.stages[-1] if rec.stages else None) else (
-                f"{name}@{stop}"
+            entry_name = (
+                name
+                if stop in (None, rec.stages[-1] if rec.stages else None)
+                else (f"{name}@{stop}")
             )
             path = out / f"{entry_name}.safetensors"
             _save_state(model, path)
             built[entry_name] = _row(entry_name, model, hist, rec, path, threads, wall)
             with open(out / f"{MANIFEST}.lock", "w") as lock:  # builds may run side by side
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                rows = json.loads((out / MANIFEST).read_text())["entries"] if (
-                    out / MANIFEST).is_file() else {}
+                rows = (
+                    json.loads((out / MANIFEST).read_text())["entries"]
+                    if (out / MANIFEST).is_file()
+                    else {}
+                )
                 _write_manifest({**rows, entry_name: built[entry_name]}, out)
-            print(f"{entry_name}: {built[entry_name]['figures']} "
-                  f"({built[entry_name]['train_seconds']} s training)", flush=True)
+            print(
+                f"{entry_name}: {built[entry_name]['figures']} "
+                f"({built[entry_name]['train_seconds']} s training)",
+                flush=True,
+            )
     return built
 
 
 def _main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dgm_edu.weights", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m dgm_edu.weights", description=__doc__.split("\n")[0]
+    )
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="train entries in full mode and write their weights")
     b.add_argument("names", nargs="*", help="entries to build (default: all)")

@@ -102,7 +102,9 @@ def test_autoregressive_reproduces_its_exact_test_nll():
     model = weights.load("autoregressive", device="cpu")
     with torch.no_grad():
         nll = evaluate_nll(model, x)
-    assert nll == pytest.approx(weights.entry("autoregressive")["figures"]["test_nll_nats"], abs=2e-3)
+    assert nll == pytest.approx(
+        weights.entry("autoregressive")["figures"]["test_nll_nats"], abs=2e-3
+    )
 
 
 @needs_weights

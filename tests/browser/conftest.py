@@ -1,4 +1,5 @@
-"""Fixtures for the browser test: the reference site (make book) served on 127.0.0.1, and Debian's Chromium."""
+"""Fixtures for the browser test: the reference site (make book) served on 127.0.0.1, and
+Debian's Chromium."""
 
 from __future__ import annotations
 
