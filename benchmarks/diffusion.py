@@ -1,38 +1,61 @@
 """Benchmark the book's diffusion model: the test bound, FID, and DDIM against ancestral sampling.
 
 .venv/bin/python benchmarks/diffusion.py         # full mode -> benchmarks/results/diffusion.json
-.venv/bin/python benchmarks/diffusion.py --fast  # the chapter's fast budget (a smoke test)
+.venv/bin/python benchmarks/diffusion.py --fast  # the fast budget -> diffusion-fast.json
+
+The result (schema of ``benchmarks/common.py``) reports the FID of 1000-step ancestral sampling;
+each sampler's FID and seconds are under ``extra["samplers"]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
+HEADLINE_SAMPLER = "ancestral_1000"
+
+
+def compare_samplers(model: Any, n: int, x_test: Any) -> dict[str, dict[str, Any]]:
+    """FID and seconds of ancestral sampling and DDIM at 10-100 steps, the same noise for each.
+
+    Class-conditional: labels 0..9 cycling, guidance 1.
+    """
+    import torch
+
+    from dgm_edu import metrics
+    from dgm_edu.data import NUM_CLASSES
+
+    y = torch.arange(n) % NUM_CLASSES
+    samplers = {HEADLINE_SAMPLER: (model.config.T, 1.0)}
+    samplers.update({f"ddim_{k}": (k, 0.0) for k in (10, 20, 50, 100)})
+    out = {}
+    for name, (steps, eta) in samplers.items():
+        torch.manual_seed(1)
+        t0 = time.perf_counter()
+        samples = model.ddim_sample(n, steps=steps, eta=eta, y=y)
+        out[name] = {"steps": steps, "eta": eta, "seconds": time.perf_counter() - t0}
+        out[name]["fid"] = float(metrics.fid(samples, x_test))
+        print(name, out[name], flush=True)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fast", action="store_true", help="DGM_EDU_FAST=1: the small budget")
+    common.add_common_args(parser)
     parser.add_argument("--samples", type=int, default=500, help="samples per FID estimate")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (shared machine)")
     args = parser.parse_args()
-    if args.fast:
-        os.environ["DGM_EDU_FAST"] = "1"
+    mode = common.configure(args)
 
     import torch
 
     from dgm_edu import diffusion, metrics
-    from dgm_edu.data import NUM_CLASSES, load_digits
-    from dgm_edu.runtime import is_fast
+    from dgm_edu.data import load_digits
 
-    torch.set_num_threads(args.threads)
-    mode = "fast" if is_fast() else "full"
     ckpt = ROOT / ".checkpoints" / f"diffusion-{mode}.pt"
     model, hist = diffusion.train_reference(checkpoint=ckpt, progress=True)
     model.eval()
@@ -41,50 +64,33 @@ def main() -> None:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     bound = metrics.evaluate_nll(model, x_test)
-    result = {
-        "mode": mode,
-        "test_nll_bound_nats": bound,
-        "test_nll_bound_bpd": metrics.nats_to_bpd(bound),
-        "estimator": (
+    eval_seconds = time.perf_counter() - t0
+    n = args.samples if mode == "full" else 50
+    samplers = compare_samplers(model, n, x_test)
+    extra = {
+        "sampler": f"{HEADLINE_SAMPLER} (ancestral, {model.config.T} steps, eta 1)",
+        "best_val_diffusion_term": hist.best_val,
+        "samplers": samplers,
+        "ddim50_speedup": samplers[HEADLINE_SAMPLER]["seconds"] / samplers["ddim_50"]["seconds"],
+    }
+    result = common.make_result(
+        "diffusion",
+        mode,
+        estimator=(
             f"variational bound with T={model.config.T}: exact prior KL + "
             f"{model.config.bound_samples} timesteps per image stratified in log-SNR "
             "(importance weights w_t) + 1 sample of the discretized-Gaussian decoder at t=1; "
             "unconditional (null label)"
         ),
-        "bound_eval_seconds": time.perf_counter() - t0,
-        "train_seconds": hist.seconds,
-        "epochs": hist.epochs_run,
-        "best_val_diffusion_term": hist.best_val,
-        "params": sum(p.numel() for p in model.parameters()),
-        "threads": args.threads,
-        "machine": "2-core CPU shared with other jobs: times are inflated",
-    }
-
-    # sampling: class-conditional (labels 0..9 cycling, guidance 1), same noise for each sampler
-    n = args.samples if not is_fast() else 50
-    y = torch.arange(n) % NUM_CLASSES
-    has_fid = hasattr(metrics, "fid")
-    samplers = {"ancestral_1000": (model.config.T, 1.0)}
-    samplers.update({f"ddim_{k}": (k, 0.0) for k in (10, 20, 50, 100)})
-    for name, (steps, eta) in samplers.items():
-        torch.manual_seed(1)
-        t0 = time.perf_counter()
-        samples = model.ddim_sample(n, steps=steps, eta=eta, y=y)
-        entry = {"steps": steps, "eta": eta, "seconds": time.perf_counter() - t0}
-        if has_fid:
-            entry["fid"] = float(metrics.fid(samples, x_test))
-        result[name] = entry
-        print(name, entry, flush=True)
-    result["ddim50_speedup"] = result["ancestral_1000"]["seconds"] / result["ddim_50"]["seconds"]
-    if not has_fid:
-        result["fid_note"] = "dgm_edu.metrics.fid not available when this ran"
-
-    out = ROOT / "benchmarks" / "results" / "diffusion.json"
-    if not is_fast():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-    json.dump(result, sys.stdout, indent=1)
-    print()
+        nll_nats=bound,
+        fid=samplers[HEADLINE_SAMPLER]["fid"],
+        samples=n,
+        eval_seconds=eval_seconds,
+        params=sum(p.numel() for p in model.parameters()),
+        **common.history_fields(hist),
+        extra=extra,
+    )
+    common.write_result(result, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -1,36 +1,33 @@
 """Benchmark the book's RBM: exact test NLL, AIS against the exact log Z, training time.
 
 Usage: ``python benchmarks/rbm.py`` (full mode) or ``python benchmarks/rbm.py --fast``.
-Writes ``benchmarks/results/rbm.json`` (``rbm-fast.json`` with ``--fast``).
+Writes ``benchmarks/results/rbm.json`` (``rbm-fast.json`` with ``--fast``) in the schema of
+``benchmarks/common.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
+
+import common
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fast", action="store_true", help="the fast-mode budget (DGM_EDU_FAST=1)")
+    common.add_common_args(parser)
     parser.add_argument("--checkpoint", default=None, help="resume from / save to this checkpoint")
     parser.add_argument("--ais-betas", type=int, default=10_000)
     parser.add_argument("--ais-runs", type=int, default=100)
     args = parser.parse_args()
-    if args.fast:
-        os.environ["DGM_EDU_FAST"] = "1"
+    mode = common.configure(args)
 
-    import torch  # imported after DGM_EDU_FAST is set
+    import torch
 
     from dgm_edu.data import load_digits
     from dgm_edu.metrics import evaluate_nll
     from dgm_edu.rbm import bernoulli_baseline_nll, train_reference
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model, history = train_reference(checkpoint=args.checkpoint, progress=False)
     model.eval()
     x_test = load_digits("test")[0]
@@ -39,17 +36,15 @@ def main() -> None:
     exact_log_z = model.exact_log_partition()
     exact_seconds = time.perf_counter() - t0
     test_nll = evaluate_nll(model, x_test)
+    eval_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
     ais = model.ais_log_partition(args.ais_betas, args.ais_runs, generator=gen)
     ais_seconds = time.perf_counter() - t0
     pll = float(model.pseudo_log_likelihood(x_test).mean())
-    result = {
+    extra = {
         "model": f"RBM, {model.config.num_hidden} hidden units, PCD-{model.config.k}",
-        "mode": "fast" if args.fast else "full",
-        "estimator": "exact log-likelihood (log Z by enumerating the 2^H hidden states)",
         "data": "binarized digits (dgm_edu.data.binarize: level >= 8), test split 1350-1796",
-        "test_nll_nats": test_nll,
         "bernoulli_baseline_nats": baseline,
         "reduction_vs_baseline": 1 - test_nll / baseline,
         "target_nats": 0.75 * baseline,
@@ -65,17 +60,20 @@ def main() -> None:
         "ais_seconds": ais_seconds,
         "test_nll_with_ais_log_z": test_nll + ais.log_z - exact_log_z,
         "test_pseudo_nll_nats": -pll,
-        "best_epoch": history.best_epoch,
-        "epochs_run": history.epochs_run,
         "best_val_nll_nats": history.best_val,
-        "train_seconds_incl_exact_val_nll": history.seconds,
-        "params": sum(p.numel() for p in model.parameters()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} shared CPUs, torch {torch.__version__}",
+        "train_seconds_note": "includes the exact validation NLL after every epoch",
     }
-    print(json.dumps(result, indent=1))
-    out = Path(__file__).parent / "results" / ("rbm-fast.json" if args.fast else "rbm.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    result = common.make_result(
+        "rbm",
+        mode,
+        estimator="exact log-likelihood (log Z by enumerating the 2^H hidden states)",
+        nll_nats=test_nll,
+        eval_seconds=eval_seconds,
+        params=sum(p.numel() for p in model.parameters()),
+        **common.history_fields(history),
+        extra=extra,
+    )
+    common.write_result(result, args.out_dir)
 
 
 if __name__ == "__main__":

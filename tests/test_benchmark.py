@@ -1,7 +1,11 @@
-"""The benchmark command end to end (fast mode, one cheap family) and its memorisation check."""
+"""The benchmarks: one results schema (benchmarks/common.py), the committed results, the table
+command end to end (fast mode on one cheap family; the shipped weights), and the memorisation
+check."""
 
+import argparse
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,17 +14,33 @@ from pathlib import Path
 import pytest
 import torch
 
-from dgm_edu import metrics
+from dgm_edu import metrics, weights
 from dgm_edu.data import load_digits
+from dgm_edu.train import History
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+FAMILIES = ("rbm", "vae", "gan", "autoregressive", "flows", "diffusion")
+
+
+def _benchmarks_on_path() -> None:
+    """The scripts run as ``python benchmarks/<name>.py`` and import ``common`` from there."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
 
 
 def _run_module():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    _benchmarks_on_path()
+    spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def common():
+    _benchmarks_on_path()
+    return importlib.import_module("common")
 
 
 def test_memorisation_flags_exact_copies():
@@ -56,29 +76,142 @@ def test_memorisation_ratio_matches_brute_force():
     assert got == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_benchmark_fast_end_to_end(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--fast", "--families", "rbm",
-           "--samples", "120", "--out-dir", str(tmp_path)]  # fmt: skip
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
-    result = json.loads((tmp_path / "table-fast.json").read_text())
-    assert result["mode"] == "fast" and result["num_samples"] == 120
+def _result(common, mode: str, nll: float = 18.3):
+    return common.make_result(
+        "rbm", mode, estimator="exact", nll_nats=nll, params=1364, train_seconds=600.0,
+        best_epoch=86, epochs_run=100, extra={"note": mode},
+    )  # fmt: skip
+
+
+def test_result_has_every_field_in_order_and_derives_bpd(common):
+    r = _result(common, "full")
+    assert list(r) == list(common.FIELDS)
+    assert r["family"] == "rbm" and r["mode"] == "full" and r["nll_nats"] == 18.3
+    assert r["bpd"] == pytest.approx(18.3 / (64 * math.log(2)))
+    assert r["fid"] is None and r["samples"] is None and r["eval_seconds"] is None
+    assert r["torch"] == torch.__version__ and r["threads"] == torch.get_num_threads()
+    assert r["date"].endswith("UTC") and r["machine"] and r["extra"] == {"note": "full"}
+    gan = common.make_result("gan", "fast", fid=64.3)
+    assert gan["nll_nats"] is None and gan["bpd"] is None and gan["fid"] == 64.3
+    with pytest.raises(TypeError, match="test_nll_nats"):
+        common.make_result("rbm", "full", test_nll_nats=18.3)
+    with pytest.raises(ValueError, match="mode"):
+        common.make_result("rbm", "reference")
+
+
+def test_fast_run_writes_its_own_file_and_leaves_the_full_one(common, tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    full = common.write_result(_result(common, "full"))
+    assert full == tmp_path / "rbm.json"
+    before = full.read_bytes()
+    fast = common.write_result(_result(common, "fast", nll=21.9))
+    assert fast == tmp_path / "rbm-fast.json"
+    assert full.read_bytes() == before  # untouched
+    assert json.loads(fast.read_text())["nll_nats"] == 21.9
+    assert json.loads(full.read_text())["nll_nats"] == 18.3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rbm-fast.json", "rbm.json"]
+
+
+def test_a_run_replaces_its_file(common, tmp_path):
+    path = tmp_path / "rbm.json"
+    path.write_text(json.dumps({"test_nll_iwae1000_nats": 1.0, "stale": True}))
+    common.write_result(_result(common, "full"), tmp_path)
+    written = json.loads(path.read_text())
+    assert list(written) == list(common.FIELDS) and "stale" not in written
+
+
+def test_history_fields_are_one_based(common):
+    hist = History(
+        train_loss=[3.0, 2.0, 1.0], val_loss=[5.0, 4.0, 4.5], best_epoch=1, seconds=12.34
+    )
+    assert common.history_fields(hist) == {"train_seconds": 12.3, "best_epoch": 2, "epochs_run": 3}
+    assert common.history_fields(History(train_loss=[1.0]))["best_epoch"] is None  # no validation
+
+
+def test_configure_sets_the_mode(common, monkeypatch):
+    monkeypatch.delenv("DGM_EDU_FAST", raising=False)
+    monkeypatch.setenv("DGM_EDU_MODE", "reference")  # restored after the test
+    args = argparse.Namespace(fast=False, threads=torch.get_num_threads())
+    assert common.configure(args) == "full" and os.environ["DGM_EDU_MODE"] == "full"
+    assert common.configure(argparse.Namespace(**{**vars(args), "fast": True})) == "fast"
+    assert os.environ["DGM_EDU_MODE"] == "fast"
+    monkeypatch.delenv("DGM_EDU_MODE")
+    monkeypatch.setenv("DGM_EDU_FAST", "1")  # the older switch still means fast
+    assert common.configure(args) == "fast"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_committed_full_results_follow_the_schema(common, family):
+    r = json.loads((BENCH / "results" / f"{family}.json").read_text())
+    assert list(r) == list(common.FIELDS)
+    assert r["family"] == family and r["mode"] == "full" and isinstance(r["extra"], dict)
+    if r["nll_nats"] is None:
+        assert family == "gan" and r["bpd"] is None and r["fid"] > 0
+    else:
+        assert r["bpd"] == pytest.approx(r["nll_nats"] / (64 * math.log(2)))
+    if r["fid"] is not None:
+        assert r["samples"] >= 100
+    assert r["best_epoch"] is None or 1 <= r["best_epoch"] <= r["epochs_run"]
+    assert r["params"] > 0 and r["train_seconds"] > 0
+
+
+def _check_table(result: dict, n: int, families: list[str]) -> dict:
+    """The assertions every table shares; returns its rows by family."""
+    assert result["num_samples"] == n and result["num_test"] == 447
     assert {"platform", "cpu_count"} <= set(result["machine"]) and result["date"]
     assert result["fid_floor"] > 0
     rows = {r["family"]: r for r in result["rows"]}
-    assert list(rows) == ["rbm", "independent_pixels", "uniform"]
+    assert list(rows) == [*families, "independent_pixels", "uniform"]
     for r in rows.values():
-        for key in ("fid", "kid_mean", "precision", "recall", "memorisation_ratio",
-                    "train_seconds", "sample_seconds_per_100", "test_nll_nats"):  # fmt: skip
+        for key in ("fid", "kid", "precision", "recall", "memorisation_ratio",
+                    "train_seconds", "sample_seconds_per_100", "nll_nats", "bpd"):  # fmt: skip
             assert r[key] is not None and r[key] == r[key], (r["family"], key)  # not None / NaN
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["estimator"]
+        assert r["samples"] == n and len(r["samples_16"]) == 16
         assert r["fid"] > result["fid_floor"]  # no model beats the data against itself here
-    assert rows["uniform"]["test_nll_nats"] == pytest.approx(
-        64 * torch.log(torch.tensor(17.0)).item()
-    )
-    assert rows["independent_pixels"]["test_nll_nats"] == pytest.approx(106.47, abs=0.01)
-    assert rows["uniform"]["params"] == 0 and rows["rbm"]["params"] > 0
-    table = (tmp_path / "table-fast.md").read_text().splitlines()
+    assert rows["uniform"]["nll_nats"] == pytest.approx(64 * math.log(17))
+    assert rows["independent_pixels"]["nll_nats"] == pytest.approx(106.47, abs=0.01)
+    assert rows["uniform"]["params"] == 0
+    return rows
+
+
+def _check_markdown(path: Path, num_rows: int) -> None:
+    table = path.read_text().splitlines()
     body = [line for line in table if line.startswith("| ") and "---" not in line]
-    assert len(body) == 1 + 3  # header + one row per family / baseline
+    assert len(body) == 1 + num_rows  # header + one row per family / baseline
     assert all(line.count("|") == body[0].count("|") for line in body)
+
+
+def test_benchmark_fast_end_to_end(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(BENCH / "run.py"), "--fast", "--families", "rbm",
+           "--samples", "120", "--out-dir", str(tmp_path)]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table-fast.json", "table-fast.md"]
+    result = json.loads((tmp_path / "table-fast.json").read_text())
+    assert result["mode"] == "fast" and result["weights"] == "trained by this run"
+    rows = _check_table(result, 120, ["rbm"])
+    assert rows["rbm"]["params"] > 0
+    _check_markdown(tmp_path / "table-fast.md", 3)
+
+
+def test_shipped_table_scores_the_shipped_weights(tmp_path, monkeypatch):
+    if "rbm" not in weights.manifest():
+        pytest.skip("no shipped rbm weights")
+    monkeypatch.setenv("DGM_EDU_MODE", "fast")  # --shipped ignores the mode: it trains nothing
+    argv = ["--shipped", "--families", "rbm", "--samples", "120", "--threads", "1",
+            "--out-dir", str(tmp_path)]  # fmt: skip
+    run = _run_module()
+    assert run.SHIPPED == weights.HEADLINE  # --shipped's default families
+    result = run.main(argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.json", "table.md"]
+    assert json.loads((tmp_path / "table.json").read_text()) == json.loads(json.dumps(result))
+    assert result["mode"] == "reference" and result["missing"] == []
+    rows = _check_table(result, 120, ["rbm"])
+    entry = weights.entry("rbm")
+    assert rows["rbm"]["nll_nats"] == entry["figures"]["test_nll_nats"]  # the manifest's figure
+    assert rows["rbm"]["estimator"] == entry["figures"]["estimator"]
+    assert rows["rbm"]["sha256"] == entry["sha256"] and rows["rbm"]["params"] == entry["parameters"]
+    assert rows["rbm"]["train_seconds"] == entry["train_seconds"]
+    assert set(torch.tensor(rows["rbm"]["samples_16"]).unique().tolist()) <= {0, 16}  # binary
+    _check_markdown(tmp_path / "table.md", 3)
