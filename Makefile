@@ -15,7 +15,7 @@ JOBS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup book book-full book-fast weights verify-weights test lint sync check-sync unit chapters browser assignments \
+.PHONY: setup book book-full book-fast weights verify-weights benchmark-shipped readme test lint sync check-sync unit chapters browser assignments \
         test-assignments benchmark clean chromium
 
 ## setup: the virtual environment (torch pinned to the CPU build), MathJax from npm, Chromium.
@@ -78,8 +78,19 @@ book-full: setup
 
 ## weights: retrain every reference model in full mode (one torch thread, recorded) and write
 ## dgm_edu/assets/weights/ (safetensors + manifest.json). Resumes from .checkpoints/full/.
+## Then it re-scores the shipped weights (benchmarks/results/table.json) and regenerates the
+## README's results table from the manifest and that table.
 weights: setup
 	DGM_EDU_MODE=full OMP_NUM_THREADS=1 $(BIN)/python -m dgm_edu.weights build --threads 1 $(NAMES)
+	$(MAKE) benchmark-shipped readme
+
+## benchmark-shipped: score every shipped model (NLL from the manifest; FID/KID/P/R at 1000 samples)
+benchmark-shipped: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/run.py --shipped
+
+## readme: regenerate the README's results table from the manifest and the shipped-weights table
+readme: setup
+	$(BIN)/python scripts/readme_results.py
 
 verify-weights: setup
 	$(BIN)/python -m dgm_edu.weights verify
