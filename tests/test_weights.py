@@ -152,11 +152,15 @@ def test_obtain_uses_the_shipped_weights_in_reference_mode(monkeypatch):
 def test_obtain_trains_from_scratch_in_fast_mode(monkeypatch, tmp_path):
     monkeypatch.setenv("DGM_EDU_MODE", "fast")
     monkeypatch.setenv("DGM_EDU_CHECKPOINTS", str(tmp_path))
+
+    def no_shipped_weights(*args, **kwargs):
+        raise AssertionError("fast mode must not load the shipped weights")
+
+    monkeypatch.setattr(weights, "load", no_shipped_weights)
     model, hist = weights.obtain("mixture")
     assert (tmp_path / "fast" / "mixture.pt").is_file()
-    assert hist.epochs_run <= 25  # the fast budget
-    if "mixture" in SHIPPED:  # fast weights are not the shipped (full-budget) ones
-        assert not torch.equal(model.pixel_logits, weights.load("mixture").pixel_logits)
+    assert hist.epochs_run <= 25 and hist.seconds > 0  # trained here, at the fast budget
+    assert not model.training
 
 
 # --------------------------------------------------------------------------- rebuilding
@@ -176,7 +180,7 @@ def _rebuild_and_compare(name: str, tmp_path: Path, monkeypatch) -> None:
 
 
 @needs_weights
-@pytest.mark.parametrize("name", ["mixture", "flow2d-ring8"])
+@pytest.mark.parametrize("name", ["mixture", "rbm"])
 def test_cheap_entries_rebuild_bit_for_bit(name, tmp_path, monkeypatch):
     _rebuild_and_compare(name, tmp_path, monkeypatch)
 
