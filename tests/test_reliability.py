@@ -305,7 +305,7 @@ class SlowLoader:  # sleeps between batches so that the parent can kill us part-
         return len(self.loader)
     def __iter__(self):
         for batch in self.loader:
-            time.sleep(0.05)
+            time.sleep(0.2)  # an epoch takes >= 2 s: the kill lands mid-run even on a busy machine
             yield batch
 
 torch.manual_seed(0)
