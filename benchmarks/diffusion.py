@@ -63,7 +63,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    bound = metrics.evaluate_nll(model, x_test)
+    with torch.no_grad():  # log_prob keeps gradients; evaluation does not need them
+        bound = metrics.evaluate_nll(model, x_test)
     eval_seconds = time.perf_counter() - t0
     n = args.samples if mode == "full" else 50
     samplers = compare_samplers(model, n, x_test)

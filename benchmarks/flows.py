@@ -24,18 +24,19 @@ def run_one(dequantization: str, mode: str, eval_samples: int) -> dict[str, Any]
     """Train (or reload) one flow and measure its test bound: schema fields plus its extras."""
     import torch
 
-    from dgm_edu import flows, metrics
+    from dgm_edu import digit_flow, metrics
     from dgm_edu.data import load_digits
 
     x_test, _ = load_digits("test")
     ckpt = ROOT / ".checkpoints" / f"flows-{dequantization}-{mode}.pt"
-    model, hist = flows.train_reference(
+    model, hist = digit_flow.train_reference(
         dequantization=dequantization, checkpoint=ckpt, progress=True
     )
     model.eval()
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    nll = metrics.evaluate_nll(lambda x, m=model: m.log_prob(x, eval_samples), x_test)
+    with torch.no_grad():  # log_prob keeps gradients; evaluation does not need them
+        nll = metrics.evaluate_nll(lambda x, m=model: m.log_prob(x, eval_samples), x_test)
     return {
         "nll_nats": nll,
         "bpd": metrics.nats_to_bpd(nll),

@@ -32,7 +32,7 @@ import common
 FAMILIES = ("rbm", "vae", "gan", "autoregressive", "flows", "diffusion")
 SHIPPED = ("mixture", *FAMILIES)  # dgm_edu.weights.HEADLINE
 BASELINES = ("independent_pixels", "uniform")
-MODULES = {"mixture": "mixtures"}  # family -> dgm_edu module, where the names differ
+MODULES = {"mixture": "mixtures", "flows": "digit_flow"}  # family -> module, where they differ
 NO_LIKELIHOOD = "none: implicit model (no likelihood)"
 
 
@@ -113,10 +113,13 @@ def train_family(family: str, seed: int):
 
 def measure_nll(family: str, model, x_test) -> dict[str, Any]:
     """``estimator``, ``nll_nats`` and ``bpd`` measured here on the test split."""
+    import torch
+
     from dgm_edu import metrics
 
     fn, estimator = _nll_spec(family, model)
-    nll = None if fn is None else metrics.evaluate_nll(fn, x_test)
+    with torch.no_grad():  # every log_prob keeps gradients; evaluation does not need them
+        nll = None if fn is None else metrics.evaluate_nll(fn, x_test)
     return {"estimator": estimator, "nll_nats": nll, "bpd": common.bpd_of(nll)}
 
 

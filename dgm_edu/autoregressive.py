@@ -1,11 +1,11 @@
-r"""Autoregressive models: exact likelihood through the chain rule.
+"""Autoregressive models: exact likelihood through the chain rule.
 
 Any distribution over D ordered variables factorises exactly as
 
-.. math:: p(x) = \prod_{i=1}^{D} p(x_i \mid x_{<i}),
+    p(x) = Π_{i=1}^{D} p(x_i | x_<i),
 
 so a network that outputs the conditional of variable i from the variables before it gives an
-exact, normalised :math:`\log p(x) = \sum_i \log p(x_i \mid x_{<i})`. The network must be *causal*:
+exact, normalised log p(x) = Σ_i log p(x_i | x_<i). The network must be *causal*:
 output i may not see input i or anything after it. This module enforces that with masks.
 
 Images (raster order, 17-way categorical per pixel):
@@ -20,12 +20,11 @@ Images (raster order, 17-way categorical per pixel):
 Text (characters of a name, one by one):
 
 - :class:`CharRNN` (GRU) and :class:`CharTransformer` (causal self-attention) behind one face,
-  :class:`CharModel`: ``loss(tokens)``, ``log_prob(tokens)``, ``sample(n, temperature)``.
+  :class:`CharModel`: ``loss(ids)``, ``log_prob(ids)``, ``sample(n, *, temperature)``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,15 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgm_edu.data import (
-    IMAGE_SHAPE,
-    LEVELS,
-    NUM_CLASSES,
-    digits_loader,
-    make_loader,
-    validate_digits,
-)
-from dgm_edu.runtime import budget, seed_everything
+from dgm_edu import checks
+from dgm_edu.data import LEVELS, NUM_CLASSES, digits_loader, make_loader, to_signed, validate_digits
+from dgm_edu.densities import logmeanexp
+from dgm_edu.runtime import budget, module_device, seed_everything
 from dgm_edu.train import History, fit
 
 
@@ -108,6 +102,10 @@ class _PixelModel(nn.Module):
 
     Subclasses define ``forward(h, y) -> logits`` with ``h`` the float image ``(N, 1, H, W)``
     and logits ``(N, L, H, W)``, where logits at pixel i may depend only on pixels before i.
+    Images enter as integer levels 0..L−1 of the configured size (``validate_digits`` with the
+    config's shape and levels, so a 28x28 MNIST config takes MNIST levels). Labels: an
+    unconditional model refuses ``y``; a conditional one takes classes in [0, num_classes).
+    ``loss`` has no side effects in either mode (dropout aside).
     """
 
     def __init__(self, config: PixelCNNConfig, cond_channels: int) -> None:
@@ -117,18 +115,12 @@ class _PixelModel(nn.Module):
             self.class_embedding = nn.Embedding(config.num_classes, cond_channels)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        if (c.height, c.width, c.levels) == (*IMAGE_SHAPE[1:], LEVELS):
-            return validate_digits(x)
-        if x.dim() != 4 or tuple(x.shape[1:]) != (1, c.height, c.width):
-            raise ValueError(f"Expected images (N, 1, {c.height}, {c.width}), got {tuple(x.shape)}")
-        if x.min() < 0 or x.max() > c.levels - 1:
-            raise ValueError(f"Expected integer levels 0..{c.levels - 1}")
-        return x
+        c = self.config  # int64 levels 0..L-1 of shape (N, 1, H, W), or a clear error
+        return validate_digits(x, (1, c.height, c.width), c.levels)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Integer levels -> floats in [-1, 1]: ``(N, 1, H, W)``."""
-        return x.float() / (self.config.levels - 1) * 2 - 1
+        return to_signed(x, self.config.levels)
 
     def _cond(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
         if self.config.num_classes == 0:
@@ -137,47 +129,50 @@ class _PixelModel(nn.Module):
             raise ValueError("This model is class-conditional: pass labels y of shape (N,)")
         return self.class_embedding(y.view(n))[:, :, None, None]  # (N, C_cond, 1, 1)
 
-    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        r"""Exact :math:`\log p(x) = \sum_i \log p(x_i \mid x_{<i})` in nats: ``(N,)``.
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Exact log p(x) = Σ_i log p(x_i | x_<i) in nats: ``(N,)``; keeps gradients.
 
         A conditional model with ``y=None`` returns the exact marginal
-        :math:`\log \sum_y p(y)\, p(x \mid y)` with a uniform p(y).
+        log Σ_y p(y) p(x | y) with a uniform p(y) (K forward passes).
         """
-        x = self._check(x)
+        x = self._check(x)  # int64 levels
         k = self.config.num_classes
+        y = checks.labels(y, len(x), k, x.device)
         if k > 0 and y is None:
             ys = torch.arange(k, device=x.device)
             per_class = [self.log_prob(x, ys[j].expand(len(x))) for j in range(k)]  # k x (N,)
-            return torch.logsumexp(torch.stack(per_class, 1), 1) - math.log(k)
+            return logmeanexp(torch.stack(per_class, 1), dim=1)  # log (1/K) Σ_y p(x | y)
         logits = self(self.preprocess(x), y).float()  # (N, L, H, W)
         # log p(x_i | x_<i) for every pixel, summed over the pixels of each image
-        return -F.cross_entropy(logits, x[:, 0].long(), reduction="none").flatten(1).sum(1)
+        return -F.cross_entropy(logits, x[:, 0], reduction="none").flatten(1).sum(1)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Negative log-likelihood, nats per image, averaged over the batch."""
         if self.config.num_classes > 0 and y is None:
-            raise ValueError("Train a class-conditional model on (x, y) batches")
+            raise ValueError("y is required: train a class-conditional model on (x, y) batches")
         return -self.log_prob(x, y).mean()
 
     @torch.no_grad()
     def sample(
-        self, n: int, y: torch.Tensor | int | None = None, temperature: float = 1.0
+        self, n: int, *, y: torch.Tensor | int | None = None, temperature: float = 1.0
     ) -> torch.Tensor:
         """Draw ``(n, 1, H, W)`` int64 images pixel by pixel (H*W forward passes).
 
-        ``temperature`` divides the logits: < 1 sharpens every conditional, > 1 flattens it.
+        ``temperature`` (finite, > 0) divides the logits: < 1 sharpens every conditional, > 1
+        flattens it. A conditional model given ``y=None`` samples p(x) with the classes
+        stratified, 0, 1, ..., K−1 in turn.
         """
         c = self.config
-        device = next(self.parameters()).device
-        if isinstance(y, int):
-            y = torch.full((n,), y, dtype=torch.long, device=device)
+        n, temperature = checks.count(n), checks.temperature(temperature)
+        device = module_device(self)
+        y = checks.labels(y, n, c.num_classes, device, stratify=True)
         x = torch.zeros(n, 1, c.height, c.width, dtype=torch.long, device=device)
         for i in range(c.height * c.width):
             r, col = divmod(i, c.width)
             logits = self(self.preprocess(x), y)[:, :, r, col].float()  # (n, L)
             probs = torch.softmax(logits / temperature, dim=-1)
             x[:, 0, r, col] = torch.multinomial(probs, 1).squeeze(1)
-        return x
+        return checks.levels_out(x, c.levels)
 
 
 class PixelCNN(_PixelModel):
@@ -208,7 +203,7 @@ class PixelCNN(_PixelModel):
 
 
 class GatedLayer(nn.Module):
-    r"""One gated layer: :math:`\tanh(W_f * h) \odot \sigma(W_g * h)` on both stacks.
+    """One gated layer: tanh(W_f ∗ h) ⊙ σ(W_g ∗ h) on both stacks.
 
     The vertical stack sees the rows above (a (k//2+1) x k window); the horizontal stack sees
     the pixels to the left on the current row and receives the vertical stack through a 1x1 conv.
@@ -268,7 +263,7 @@ def receptive_field(
     Measured, not derived: the gradient of the logits with respect to a random input image.
     """
     c = model.config
-    x = torch.randn(2, 1, c.height, c.width, device=next(model.parameters()).device)
+    x = torch.randn(2, 1, c.height, c.width, device=module_device(model))
     x.requires_grad_(True)
     (grad,) = torch.autograd.grad(model(x, y)[:, :, row, col].sum(), x)
     return grad.abs().sum((0, 1)) > 0
@@ -276,7 +271,7 @@ def receptive_field(
 
 def train_reference(
     *,
-    checkpoint: str | None = None,
+    checkpoint: str | Path | None = None,
     progress: bool = True,
     seed: int = 0,
     conditional: bool = False,
@@ -357,12 +352,31 @@ class CharModel(nn.Module):
 
     A batch is ``(N, T + 1)`` ids; inputs are ``ids[:, :-1]`` and targets ``ids[:, 1:]``, so
     the logits at step t predict character t + 1 from characters 0..t (causal by construction).
+    The models are unconditional; ``loss`` has no side effects in either mode (dropout aside).
     """
 
     config: CharConfig
 
+    def _check(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids ``(N, T + 1)`` of an integer dtype, each in [0, V) or the padding −1; T + 1 ≥ 2."""
+        v = self.config.vocab_size
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex():
+            what = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise TypeError(f"ids must be an integer tensor of character ids, got {what}")
+        if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
+            raise ValueError(
+                f"ids must have shape (N, T + 1) with N >= 1, T >= 1, got {tuple(ids.shape)}"
+            )
+        if ids.device.type != "meta" and (ids.min() < -1 or ids.max() >= v):
+            raise ValueError(
+                f"ids must lie in [0, {v}) or be the padding -1, got values in "
+                f"[{ids.min().item()}, {ids.max().item()}]"
+            )
+        return ids.long()
+
     def log_prob(self, ids: torch.Tensor) -> torch.Tensor:
-        r"""Exact :math:`\log p(\text{word}) = \sum_t \log p(c_{t+1} \mid c_{\le t})`: ``(N,)``."""
+        """Exact log p(word) = Σ_t log p(c_{t+1} | c_≤t): ``(N,)``; keeps gradients."""
+        ids = self._check(ids)
         inp, target = ids[:, :-1].clamp(min=0), ids[:, 1:]  # padding (-1) is fed as '.' ...
         logits = self(inp).float()  # (N, T, V)
         nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-1, reduction="none")
@@ -373,10 +387,14 @@ class CharModel(nn.Module):
         return -self.log_prob(ids).mean()
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
-        """``(n, max_len + 1)`` ids, starting with '.', one character at a time."""
-        device = next(self.parameters()).device
-        ids = torch.zeros(n, 1, dtype=torch.long, device=device)
+    def sample(
+        self, n: int, *, y: torch.Tensor | int | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """``(n, max_len + 1)`` ids, starting with '.', one character at a time; ``temperature``
+        (finite, > 0) divides the logits. The model is unconditional: a ``y`` is refused."""
+        n, temperature = checks.count(n), checks.temperature(temperature)
+        checks.labels(y, n, 0)
+        ids = torch.zeros(n, 1, dtype=torch.long, device=module_device(self))
         for _ in range(self.config.max_len):
             logits = self(ids)[:, -1].float() / temperature  # (n, V): the next character
             ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1)], 1)

@@ -47,54 +47,121 @@ def load_digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Integer levels 0..16 -> floats in [0, 1] (level / 16)."""
-    return validate_digits(x).float() / (LEVELS - 1)
+# --------------------------------------------------------------------------- levels <-> model space
+# Two ways out of the integer levels 0..16, and for each the one way back that inverts it:
+#
+#   grid values       to_unit(x) = x / 16 in {0, 1/16, ..., 1},   to_signed(x) = 2 x / 16 - 1
+#                     back: from_unit(y) = round(16 y), from_signed(v) = from_unit((v + 1) / 2)
+#                     (the nearest level: the grid value of level k maps back to k)
+#   dequantized       dequantize(x) = (x + u) / 17 in [0, 1), u ~ U[0, 1)^D
+#                     back: quantize(y) = floor(17 y)
+#                     (the bin: every point of [k/17, (k+1)/17) maps back to k)
+#
+# Values outside the range are clamped to the nearest level. None of these validate: a model
+# validates its raw input once, with validate_digits, where it enters.
+
+
+def to_unit(x: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
+    """Integer levels 0..L-1 -> floats on the grid {0, 1/(L-1), ..., 1} of [0, 1]."""
+    return x.float() / (levels - 1)
+
+
+def to_signed(x: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
+    """Integer levels 0..L-1 -> floats on the grid {-1, ..., 1} of [-1, 1]: 2 x / (L-1) - 1."""
+    return x.float() / (levels - 1) * 2 - 1
+
+
+def from_unit(y: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
+    """Floats in [0, 1] -> the nearest level round((L-1) y), clamped to 0..L-1, int64."""
+    return (y.float() * (levels - 1)).round().clamp(0, levels - 1).long()
+
+
+def from_signed(v: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
+    """Floats in [-1, 1] -> the nearest level, int64: the inverse of :func:`to_signed`."""
+    return from_unit((v.float() + 1) / 2, levels)
+
+
+def dequantization_noise(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """u ~ U[0, 1), one value per pixel of ``x``, float32 on ``x``'s device."""
+    return torch.rand(x.shape, generator=generator, device=x.device)
 
 
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantization: y = (x + u) / 17, u ~ U[0, 1), so y lies in [0, 1).
 
     A continuous density p(y) on [0,1)^64 then bounds the discrete likelihood:
-    log P(x) >= E_u[log p((x+u)/17)] - 64 log 17.
+    log P(x) ≥ E_u[log p((x+u)/17)] − 64 log 17.
     """
-    x = validate_digits(x).float()
-    u = torch.rand(x.shape, generator=generator, device=x.device)
-    return (x + u) / LEVELS
+    x = x.float()
+    y = (x + dequantization_noise(x, generator)) / LEVELS
+    # u = 1 - 2^-24 (the largest float32 below 1) rounds (x + u)/17 up to (x + 1)/17: keep y
+    # inside its bin, below its right edge, so that y < 1 and quantize(y) == x always hold
+    return torch.minimum(y, torch.nextafter((x + 1) / LEVELS, torch.zeros(())))
 
 
-def binarize(x: torch.Tensor) -> torch.Tensor:
-    """The fixed binarization rule: 1.0 where the level is >= 8, else 0.0."""
-    return (validate_digits(x) >= BINARIZE_THRESHOLD).float()
+def quantize(y: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
+    """Floats in [0, 1) -> the bin floor(L y) they fall in, clamped to 0..L-1, int64: the
+    inverse of :func:`dequantize`."""
+    return (y.float() * levels).floor().clamp(0, levels - 1).long()
 
 
-def validate_digits(x: torch.Tensor) -> torch.Tensor:
-    """Check that ``x`` is a batch of raw digits as ``load_digits`` returns them, and return it.
+def binarize(x: torch.Tensor, shape: tuple[int, int, int] = IMAGE_SHAPE) -> torch.Tensor:
+    """The fixed binarization rule: 1.0 where the level (of 0..16) is >= 8, else 0.0.
 
-    Raises a ``ValueError`` or ``TypeError`` that says what was expected, instead of a deep torch
-    error later on.
+    ``shape``: the image shape the digits are checked against (MNIST at 17 levels: (1, 28, 28)).
     """
+    return (validate_digits(x, shape) >= BINARIZE_THRESHOLD).float()
+
+
+def square_image_shape(num_pixels: int) -> tuple[int, int, int]:
+    """The shape ``(1, s, s)`` of square one-channel images of ``num_pixels`` = s² pixels
+    (64 -> (1, 8, 8), 784 -> (1, 28, 28)): how a model configured by its pixel count finds the
+    shape of the digits it takes."""
+    side = math.isqrt(num_pixels) if num_pixels > 0 else 0
+    if side * side != num_pixels or side == 0:
+        raise ValueError(
+            f"num_pixels must be the pixel count of square images (64 for 8x8, 784 for 28x28), "
+            f"got {num_pixels}"
+        )
+    return (1, side, side)
+
+
+def validate_digits(
+    x: torch.Tensor, shape: tuple[int, int, int] = IMAGE_SHAPE, levels: int = LEVELS
+) -> torch.Tensor:
+    """Check that ``x`` is a batch of raw digits as ``load_digits`` gives them; return it as int64.
+
+    ``shape`` and ``levels`` default to the 8x8 digits, (1, 8, 8) and 17 levels; a model configured
+    for MNIST passes its own, e.g. ``(1, 28, 28)``. Whole-number floats and other integer dtypes
+    are accepted and converted; anything else raises a ``ValueError`` or ``TypeError`` that says
+    what was expected, instead of a deep torch error later on.
+    """
+    top = levels - 1
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"Expected a torch.Tensor of digits, got {type(x).__name__}")
-    if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
-        raise ValueError(f"Expected digits of shape (N, 1, 8, 8), got {tuple(x.shape)}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(shape):
+        want = "(N, " + ", ".join(str(d) for d in shape) + ")"
+        raise ValueError(f"Expected digits of shape {want}, got {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError("Expected a non-empty batch of digits, got N=0")
+    if x.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise TypeError(f"Expected an integer tensor of levels 0..{top}, got dtype {x.dtype}")
+    if x.device.type == "meta":
+        return x.long()
     if x.is_floating_point():
-        if x.device.type != "meta" and torch.isnan(x).any():
-            raise ValueError("Digits contain NaN: expected integer levels 0..16")
-        if x.device.type != "meta" and (x != x.round()).any():
+        if not torch.isfinite(x).all():
+            raise ValueError(f"Digits contain NaN or inf: expected integer levels 0..{top}")
+        if (x != x.round()).any():
             raise ValueError(
-                "Expected integer levels 0..16 (as load_digits returns), got non-integer floats; "
-                "pass the raw digits, not [0,1] floats: each model does its own preprocessing"
+                f"Expected integer levels 0..{top} (as load_digits returns), got non-integer "
+                "floats; pass the raw digits, not [0,1] floats: each model does its own "
+                "preprocessing"
             )
-    elif x.dtype in (torch.bool, torch.complex64, torch.complex128):
-        raise TypeError(f"Expected an integer tensor of levels 0..16, got dtype {x.dtype}")
-    if x.device.type != "meta" and (x.min() < 0 or x.max() > LEVELS - 1):
+    if x.min() < 0 or x.max() > top:
         raise ValueError(
-            f"Expected integer levels 0..16, got values in [{x.min().item()}, {x.max().item()}]"
+            f"Expected integer levels 0..{top}, got values in [{x.min().item()}, {x.max().item()}]"
         )
-    return x
+    return x.long()
 
 
 def digits_loader(
@@ -230,7 +297,9 @@ def load_mnist_idx(
 
     Returns images ``(N, 1, H, W)`` int64 and labels ``(N,)`` int64. With ``levels`` set, the
     0..255 intensities are quantised to ``levels`` grey levels (17 by default, like the digits),
-    so every model in dgm_edu can take them; ``levels=None`` keeps 0..255.
+    the grey levels of the 8x8 digits; ``levels=None`` keeps 0..255. Which models take 28x28
+    images: the PixelCNNs (``PixelCNNConfig(height=28, width=28)``); the other families are built
+    for the 8x8 digits and refuse other sizes with a message that names the expected shape.
     """
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3:

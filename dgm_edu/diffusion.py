@@ -1,4 +1,4 @@
-r"""Diffusion models (DDPM, DDIM, classifier-free guidance) and flow matching.
+"""Diffusion models: DDPM, DDIM, classifier-free guidance, and the variational bound.
 
 The forward process adds Gaussian noise in T steps, q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1},
 beta_t I), with alpha_t = 1 - beta_t. Its marginal has a closed form::
@@ -22,11 +22,11 @@ Since w_t is about half the step in log-SNR, the bound is uniform in log-SNR ove
 ||eps - epshat||^2 (Kingma et al. 2021): we sample t with probability w_t / W and weight by
 W = sum_t w_t, which is both the training loss and a low-variance, unbiased estimator of the sum.
 
-- :func:`linear_schedule`, :func:`cosine_schedule`; :class:`UNet` (8x8 digits), :class:`MLP` (2D).
+- :func:`linear_schedule`, :func:`cosine_schedule`; the networks are in :mod:`dgm_edu.unet`;
+  :class:`Denoiser`: what diffusion and flow matching (:mod:`dgm_edu.flow_matching`) share.
 - :class:`Diffusion`: ``loss``, ``sample`` (ancestral), ``ddim_sample`` (any step count, eta),
   classifier-free guidance (``y``, ``guidance``), ``log_prob`` (the bound), ``posterior``.
-- :class:`FlowMatching`: the conditional optimal-transport path and an Euler ODE sampler.
-- :func:`train_reference`, :func:`train_toy`: the book's recipes.
+- :func:`train_reference`, :func:`train_toy`: the book's recipes (``train_toy`` trains either).
 """
 
 from __future__ import annotations
@@ -36,13 +36,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dgm_edu.data import LEVELS, NUM_CLASSES, digits_loader, make_loader, toy_2d, validate_digits
-from dgm_edu.runtime import budget
+from dgm_edu import checks
+from dgm_edu.data import (
+    IMAGE_SHAPE,
+    LEVELS,
+    NUM_CLASSES,
+    digits_loader,
+    from_signed,
+    make_loader,
+    to_signed,
+    toy_2d,
+    validate_digits,
+)
+from dgm_edu.runtime import budget, module_device, seed_everything
 from dgm_edu.train import History, fit
+from dgm_edu.unet import MLP, UNet
 
+Pair = tuple[torch.Tensor, torch.Tensor]
+Samples = torch.Tensor | Pair  # the samples, or (samples, the path of states) with return_path
 HALF_BIN = 1.0 / (LEVELS - 1)  # digits live on the grid -1, -1 + 2/16, ..., 1: half a bin is 1/16
 
 
@@ -60,120 +73,7 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
 
 
-# --------------------------------------------------------------------------- networks
-def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal features of t in [0, 1] (scaled by 1000), (B,) -> (B, dim)."""
-    freqs = torch.exp(-math.log(10_000) * torch.arange(dim // 2, device=t.device) / (dim // 2))
-    angles = 1000 * t.float()[:, None] * freqs[None]  # (B, dim/2)
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-
-class Conditioning(nn.Module):
-    """Embeds the time and, optionally, the class; class index ``num_classes`` means 'no label'."""
-
-    def __init__(self, dim: int, num_classes: int = 0) -> None:
-        super().__init__()
-        self.dim = dim
-        self.time = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.label = nn.Embedding(num_classes + 1, dim) if num_classes else None
-        self.num_classes = num_classes
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        emb = self.time(time_embedding(t, self.dim))  # (B, dim)
-        if self.label is not None:
-            if y is None:
-                y = torch.full_like(t, self.num_classes, dtype=torch.long)
-            emb = emb + self.label(y)
-        return emb
-
-
-class ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv, plus the embedding as a per-channel shift, twice; a skip path."""
-
-    def __init__(self, c_in: int, c_out: int, emb: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.norm1, self.conv1 = nn.GroupNorm(8, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb, c_out)
-        self.norm2, self.conv2 = nn.GroupNorm(8, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(F.silu(self.norm1(h))) + self.emb(emb)[:, :, None, None]
-        return self.skip(h) + self.conv2(self.dropout(F.silu(self.norm2(out))))
-
-
-class UNet(nn.Module):
-    """A two-resolution U-Net for 8x8 images: 8x8 -> 4x4 -> 8x8 with skip connections."""
-
-    def __init__(
-        self, out_channels: int = 1, ch: int = 64, num_classes: int = 0, dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        e = 2 * ch
-        block = lambda c_in, c_out: ResBlock(c_in, c_out, e, dropout)  # noqa: E731
-        self.cond = Conditioning(e, num_classes)
-        self.inp = nn.Conv2d(1, ch, 3, padding=1)
-        self.down = nn.ModuleList([block(ch, ch), block(ch, ch)])
-        self.pool = nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1)
-        self.mid = nn.ModuleList([block(2 * ch, 2 * ch), block(2 * ch, 2 * ch)])
-        self.unpool = nn.Sequential(
-            nn.Upsample(scale_factor=2), nn.Conv2d(2 * ch, ch, 3, padding=1)
-        )
-        self.up = nn.ModuleList([block(2 * ch, ch), block(2 * ch, ch)])
-        self.out = nn.Sequential(
-            nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1)
-        )
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
-
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        emb = self.cond(t, y)  # (B, 2ch)
-        h = self.inp(x)  # (B, ch, 8, 8)
-        skips = []
-        for block in self.down:
-            h = block(h, emb)
-            skips.append(h)
-        h = self.pool(h)  # (B, 2ch, 4, 4)
-        for block in self.mid:
-            h = block(h, emb)
-        h = self.unpool(h)  # (B, ch, 8, 8)
-        for block in self.up:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)  # (B, out_channels, 8, 8)
-
-
-class MLP(nn.Module):
-    """The 2D-toy network: h <- SiLU(Linear(h) + embed(t, y)), three times, then a read-out."""
-
-    def __init__(self, dim: int = 2, hidden: int = 128, num_classes: int = 0) -> None:
-        super().__init__()
-        self.cond = Conditioning(hidden, num_classes)
-        self.layers = nn.ModuleList(
-            [nn.Linear(dim, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)]
-        )
-        self.out = nn.Linear(hidden, dim)
-
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        emb, h = self.cond(t, y), x  # (B, hidden), (B, dim)
-        for layer in self.layers:
-            h = F.silu(layer(h) + emb)  # the time (and label) enter every layer
-        return self.out(h)  # (B, dim)
-
-
-# --------------------------------------------------------------------------- data <-> model space
-def digits_to_model(x: torch.Tensor) -> torch.Tensor:
-    """Raw levels 0..16 -> floats on the grid -1..1, (B, 1, 8, 8)."""
-    return validate_digits(x).float() / (LEVELS - 1) * 2 - 1
-
-
-def model_to_digits(x: torch.Tensor) -> torch.Tensor:
-    """Floats in model space -> the nearest level 0..16 (int64)."""
-    return ((x.float() + 1) / 2 * (LEVELS - 1)).round().clamp(0, LEVELS - 1).long()
+SCHEDULES = {"linear": linear_schedule, "cosine": cosine_schedule}
 
 
 @dataclass
@@ -189,25 +89,70 @@ class DiffusionConfig:
     bound_samples: int = 64  # timesteps per image in log_prob's stratified estimator
     proposal_bins: int = 32  # log-SNR bins of the adaptive importance sampler over t
 
+    def __post_init__(self) -> None:
+        if self.data not in ("digits", "toy"):
+            raise ValueError(f"data must be 'digits' or 'toy', got {self.data!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        if self.head not in ("eps", "levels") or (self.head == "levels" and self.data != "digits"):
+            raise ValueError(f"head must be 'eps', or 'levels' for digits; got {self.head!r}")
+        for name, low in (("T", 2), ("num_classes", 0), ("bound_samples", 1), ("proposal_bins", 1)):
+            checks.integer(getattr(self, name), name, low=low)
+        if not 0 <= checks.real(self.p_uncond, "p_uncond") < 1:
+            raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
 
-class _Denoiser(nn.Module):
-    """What Diffusion and FlowMatching share: the network, the data space and label dropout."""
 
-    def _setup(self, c: DiffusionConfig, out_per_channel: int = 1) -> None:
+class Denoiser(nn.Module):
+    """What Diffusion and FlowMatching share: the network, the data space, labels and guidance.
+
+    ``config.data="digits"``: a U-Net on the 8x8 digits only (levels in, validated; levels out);
+    ``"toy"``: an MLP on 2D points. Labels: a class-conditional model (``num_classes`` = K > 0)
+    takes classes in [0, K). Trained with label dropout (``p_uncond > 0``), ``y=None`` means p(x)
+    (the null label) everywhere; with ``p_uncond = 0`` it has no p(x) of its own, so ``loss`` and
+    ``log_prob`` need y and sampling stratifies the classes (:mod:`dgm_edu.checks`).
+    """
+
+    def __init__(self, config: DiffusionConfig, out_per_channel: int = 1) -> None:
+        super().__init__()
+        self.config = c = config
         if c.data == "digits":
-            self.shape = (1, 8, 8)
-            self.net = UNet(out_per_channel, c.channels, c.num_classes, c.dropout)
-        elif c.data == "toy":
+            self.shape: tuple[int, ...] = IMAGE_SHAPE
+            self.net: nn.Module = UNet(out_per_channel, c.channels, c.num_classes, c.dropout)
+        else:  # "toy": the config refuses anything else
             self.shape = (2,)
             self.net = MLP(2, c.channels, c.num_classes)
-        else:
-            raise ValueError(f"Unknown data {c.data!r}: expected 'digits' or 'toy'")
 
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        return digits_to_model(x) if self.config.data == "digits" else x.float()
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:  # digits: levels 0..16 -> grid -1..1
+        if self.config.data == "digits":
+            return to_signed(validate_digits(x))
+        return checks.points(x, 2, "x").float()
 
-    def _decode(self, x: torch.Tensor) -> torch.Tensor:
-        return model_to_digits(x) if self.config.data == "digits" else x
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:  # digits: the nearest level, int64
+        x = checks.finite(x, f"{type(self).__name__} samples")
+        return checks.levels_out(from_signed(x)) if self.config.data == "digits" else x
+
+    def _labels(
+        self, y: torch.Tensor | int | None, n: int, *, sampling: bool = False
+    ) -> torch.Tensor | None:
+        c = self.config  # checked labels, int64 on the model's device (rules: the class doc)
+        conditional_only = c.num_classes > 0 and c.p_uncond == 0
+        if y is None and conditional_only and not sampling:
+            raise ValueError(
+                "y is required: this model is class-conditional without label dropout "
+                "(p_uncond=0), so it has no unconditional p(x)"
+            )
+        dev, stratify = module_device(self), sampling and conditional_only
+        return checks.labels(y, n, c.num_classes, dev, stratify=stratify)
+
+    def _guidance(self, guidance: float, y: torch.Tensor | None) -> float:
+        """A finite guidance weight; != 1 needs labels and a model trained with label dropout."""
+        guidance = checks.real(guidance, "guidance")
+        if guidance != 1.0 and (y is None or self.config.p_uncond == 0):
+            raise ValueError(
+                f"guidance={guidance} mixes the predictions with and without the label: it needs "
+                "labels y and a class-conditional model trained with label dropout (p_uncond > 0)"
+            )
+        return guidance
 
     def _drop_labels(self, y: torch.Tensor | None) -> torch.Tensor | None:
         if y is None or not self.training:
@@ -215,16 +160,17 @@ class _Denoiser(nn.Module):
         drop = torch.rand(y.shape, device=y.device) < self.config.p_uncond
         return torch.where(drop, torch.full_like(y, self.config.num_classes), y)
 
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
+    def _noise(self, n: int, start: torch.Tensor | None, name: str) -> torch.Tensor:
+        """Where a sampler starts, ``(n, *shape)``: N(0, I) noise, or ``start`` when given."""
+        if start is None:
+            return torch.randn(n, *self.shape, device=module_device(self))
+        if not isinstance(start, torch.Tensor) or tuple(start.shape) != (n, *self.shape):
+            got = tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
+            raise ValueError(f"{name} must be a tensor of shape {(n, *self.shape)}, got {got}")
+        return start.to(module_device(self))
 
-    def _labels(self, n: int, y: torch.Tensor | int | None) -> torch.Tensor | None:
-        if isinstance(y, int):
-            y = torch.full((n,), y, dtype=torch.long)
-        return None if y is None else y.to(self._device())
 
-
-class Diffusion(_Denoiser):
+class Diffusion(Denoiser):
     """DDPM with eps-prediction: ``loss(x[, y])``, ``sample``, ``ddim_sample``, ``log_prob``.
 
     ``head="levels"`` (digits only) lets the network output logits over the 17 levels per pixel and
@@ -234,12 +180,9 @@ class Diffusion(_Denoiser):
     """
 
     def __init__(self, config: DiffusionConfig | None = None) -> None:
-        super().__init__()
-        self.config = c = config or DiffusionConfig()
-        if c.head not in {"eps", "levels"} or (c.head == "levels" and c.data != "digits"):
-            raise ValueError(f"head must be 'eps', or 'levels' for digits; got {c.head!r}")
-        self._setup(c, LEVELS if c.head == "levels" else 1)
-        abar = {"linear": linear_schedule, "cosine": cosine_schedule}[c.schedule](c.T)  # (T+1,)
+        c = config or DiffusionConfig()
+        super().__init__(c, LEVELS if c.head == "levels" else 1)
+        abar = SCHEDULES[c.schedule](c.T)  # (T+1,)
         snr = abar / (1 - abar)
         # w_t = 1/2 (SNR_{t-1}/SNR_t - 1) for t = 2..T; w_0 = w_1 = 0 (t=1 is the decoder's)
         w = torch.zeros(c.T + 1, dtype=torch.float64)
@@ -263,8 +206,8 @@ class Diffusion(_Denoiser):
         ab = self._bcast(self.abar, t)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
-    def posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple:
-        r"""Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7)."""
+    def posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> Pair:
+        """Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7)."""
         ab, ab_prev = self._bcast(self.abar, t), self._bcast(self.abar, t - 1)
         beta = self._bcast(self.beta, t)  # 1 - abar_t / abar_{t-1}, computed in float64
         # mu = [sqrt(abar_{t-1}) beta_t x_0 + sqrt(alpha_t) (1 - abar_{t-1}) x_t] / (1 - abar_t)
@@ -272,7 +215,7 @@ class Diffusion(_Denoiser):
         return mean, beta * (1 - ab_prev) / (1 - ab)
 
     # ------------------------------------------------------------------ the network's prediction
-    def predict(self, xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> tuple:
+    def predict(self, xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> Pair:
         """(epshat, xhat_0) at integer times t (B,)."""
         out = self.net(xt, t.float() / self.config.T, y)
         ab = self._bcast(self.abar, t)
@@ -285,7 +228,9 @@ class Diffusion(_Denoiser):
         x0 = (logits.softmax(1) * v).sum(1, keepdim=True)  # (B, 1, 8, 8)
         return (xt - ab.sqrt() * x0) / (1 - ab).sqrt(), x0
 
-    def guided_eps(self, xt: torch.Tensor, t: torch.Tensor, y, guidance: float) -> tuple:
+    def guided_eps(
+        self, xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float
+    ) -> Pair:
         """Classifier-free guidance: eps = eps_u + w (eps_c - eps_u) (Ho & Salimans 2022)."""
         eps, x0 = self.predict(xt, t, y)
         if y is None or guidance == 1.0:
@@ -297,7 +242,7 @@ class Diffusion(_Denoiser):
 
     # ------------------------------------------------------------------ training and the bound
     def proposal(self) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Importance distribution q_t over t = 0..T and the weights w_t / q_t, (T+1,) each.
+        """Importance distribution q_t over t = 0..T and the weights w_t / q_t, (T+1,) each.
 
         Within a log-SNR bin q_t is proportional to w_t; across bins it is 10% uniform in log-SNR
         and 90% proportional to each bin's running share of the bound (Nichol & Dhariwal 2021).
@@ -320,14 +265,22 @@ class Diffusion(_Denoiser):
         return t, ratio[t]
 
     def diffusion_term(
-        self, x0: torch.Tensor, y=None, u: torch.Tensor | None = None
+        self,
+        x0: torch.Tensor,
+        y: torch.Tensor | None = None,
+        u: torch.Tensor | None = None,
+        *,
+        track: bool = False,
     ) -> torch.Tensor:
-        """One-sample estimate of sum_{t=2}^T L_{t-1} = E_{t ~ q} (w_t / q_t) ||eps - epshat||^2."""
+        """One-sample estimate of sum_{t=2}^T L_{t-1} = E_{t ~ q} (w_t / q_t) ||eps - epshat||^2.
+
+        ``track=True`` (``loss`` in train mode) also updates each bin's running share of the bound.
+        """
         t, ratio = self._sample_t(len(x0), u)
         eps = torch.randn_like(x0)
         eps_hat, _ = self.predict(self.q_sample(x0, t, eps), t, y)
         terms = ratio * (eps - eps_hat).float().pow(2).flatten(1).sum(1)  # (B,)
-        if self.training:  # track each bin's share of the bound, sum_{t in bin} w_t l_t
+        if track:  # track each bin's share of the bound, sum_{t in bin} w_t l_t
             # = q(bin) E_q[(w_t / q_t) l_t | bin]
             with torch.no_grad():
                 nb, b = len(self.bin_loss), self.bin_of_t[t]
@@ -340,9 +293,17 @@ class Diffusion(_Denoiser):
                 self.bin_loss.lerp_(new, 0.05 * seen.float())
         return terms
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The bound's diffusion term (nats/image for digits), importance-sampled over t."""
-        return self.diffusion_term(self._encode(x), self._drop_labels(y)).mean()
+    def loss(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """The bound's diffusion term (nats/image for digits), importance-sampled over t.
+
+        Train mode has two side effects: each label is replaced by the null label with probability
+        ``p_uncond`` (classifier-free guidance), and the running share of the bound per log-SNR
+        bin (``bin_loss``, which the importance sampler follows) is updated. Eval mode: the
+        validation objective, no side effects; ``y=None`` gives the unconditional term.
+        """
+        x0 = self._encode(x)
+        y = self._labels(y, len(x0))
+        return self.diffusion_term(x0, self._drop_labels(y), track=self.training).mean()
 
     def prior_term(self, x0: torch.Tensor) -> torch.Tensor:
         """KL(q(x_T | x_0) || N(0, I)), (B,)."""
@@ -350,7 +311,7 @@ class Diffusion(_Denoiser):
         mean2, var = ab * x0.pow(2), 1 - ab
         return 0.5 * (mean2 + var - 1 - var.log()).flatten(1).sum(1)
 
-    def decoder_term(self, x0: torch.Tensor, y=None) -> torch.Tensor:
+    def decoder_term(self, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """L_0 = -log p(x_0 | x_1): N(xhat_0, beta_1) integrated over each level's bin, (B,)."""
         t = torch.ones(len(x0), dtype=torch.long, device=x0.device)
         _, mean = self.predict(self.q_sample(x0, t, torch.randn_like(x0)), t, y)
@@ -362,54 +323,69 @@ class Diffusion(_Denoiser):
         mass = (normal.cdf(hi) - normal.cdf(lo)).clamp(min=1e-12)
         return -mass.log().flatten(1).sum(1)
 
-    @torch.no_grad()
-    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Minus the variational bound on the discrete data, nats per image, (B,).
 
         Estimator: ``bound_samples`` = K timesteps per image, stratified in log-SNR
-        (u_k = (k + U)/K), one eps each, plus one decoder sample: unbiased for the bound.
+        (u_k = (k + U)/K), one eps each, plus one decoder sample: unbiased for the bound. Keeps
+        gradients: wrap it in ``torch.no_grad()`` to evaluate (K + 1 network passes per image).
+        No side effects in either mode.
         """
         if self.config.data != "digits":
-            raise ValueError("log_prob is defined for the discrete digits only")
-        x0 = digits_to_model(x)
+            raise ValueError("log_prob is defined for the discrete digits only (data='digits')")
+        x0 = self._encode(x)
+        y = self._labels(y, len(x0))
         K = self.config.bound_samples
         diff = torch.zeros(len(x0), device=x0.device)
         for k in range(K):
             u = (k + torch.rand(len(x0), device=x0.device)) / K
-            diff += self.diffusion_term(x0, y, u) / K
+            diff = diff + self.diffusion_term(x0, y, u) / K
         return -(self.prior_term(x0) + diff + self.decoder_term(x0, y))
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, n: int, y=None, guidance: float = 1.0, return_path: bool = False):
+    def sample(
+        self,
+        n: int,
+        *,
+        y: torch.Tensor | int | None = None,
+        guidance: float = 1.0,
+        return_path: bool = False,
+    ) -> Samples:
         """Ancestral sampling, t = T..1: x_{t-1} = posterior mean(xhat_0, x_t) + sqrt(beta~_t) z."""
         return self.ddim_sample(
-            n, self.config.T, eta=1.0, y=y, guidance=guidance, return_path=return_path
+            n, steps=self.config.T, eta=1.0, y=y, guidance=guidance, return_path=return_path
         )
 
     @torch.no_grad()
     def ddim_sample(
         self,
         n: int,
-        steps: int = 50,
+        *,
+        steps: int | None = None,
         eta: float = 0.0,
-        y=None,
+        y: torch.Tensor | int | None = None,
         guidance: float = 1.0,
         return_path: bool = False,
         x_T: torch.Tensor | None = None,
-    ):
-        r"""DDIM (Song et al. 2021) on ``steps`` evenly spaced times; eta=1 and steps=T is DDPM.
+    ) -> Samples:
+        """DDIM (Song et al. 2021) on ``steps`` evenly spaced times in [1, T] (default min(50, T));
+        eta=1 and steps=T is DDPM.
 
         x_s = sqrt(abar_s) xhat_0 + sqrt(1 - abar_s - sigma^2) epshat + sigma z,
-        sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s).
+        sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s), eta >= 0.
         """
-        dev, y = self._device(), self._labels(n, y)
+        n, T = checks.count(n), self.config.T
+        steps = checks.steps(min(50, T) if steps is None else steps, high=T)
+        eta = checks.real(eta, "eta", nonnegative=True)
+        y = self._labels(y, n, sampling=True)
+        guidance = self._guidance(guidance, y)
+        x = self._noise(n, x_T, "x_T")
         # the time grid is plain ints: no data-dependent control flow on the device (meta-safe)
-        times = torch.linspace(self.config.T, 0, steps + 1).round().long().tolist()
-        x = torch.randn(n, *self.shape, device=dev) if x_T is None else x_T.to(dev)
+        times = torch.linspace(T, 0, steps + 1).round().long().tolist()
         path = [x]
         for t, s in zip(times[:-1], times[1:]):
-            tt = torch.full((n,), t, dtype=torch.long, device=dev)
+            tt = torch.full((n,), t, dtype=torch.long, device=x.device)
             eps, x0 = self.guided_eps(x, tt, y, guidance)
             if self.config.data == "digits":
                 x0 = x0.clamp(-1, 1)
@@ -419,54 +395,6 @@ class Diffusion(_Denoiser):
             x = ab_s.sqrt() * x0 + (1 - ab_s - sigma**2).clamp(min=0).sqrt() * eps
             if s > 0:
                 x = x + sigma * torch.randn_like(x)
-            path.append(x)
-        out = self._decode(x)
-        return (out, torch.stack(path)) if return_path else out
-
-
-class FlowMatching(_Denoiser):
-    r"""Flow matching with the conditional OT path (Lipman et al. 2023; Liu et al. 2023).
-
-    x_t = (1 - (1 - sigma_min) t) x_0 + t x_1, x_0 ~ N(0, I) noise, x_1 data; the network v(x_t, t)
-    regresses the path's velocity u = x_1 - (1 - sigma_min) x_0; sampling integrates dx/dt = v.
-    """
-
-    def __init__(self, config: DiffusionConfig | None = None, sigma_min: float = 1e-3) -> None:
-        super().__init__()
-        self.config = config or DiffusionConfig()
-        self.sigma_min = sigma_min
-        self._setup(self.config, 1)
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        x1 = self._encode(x)
-        x0 = torch.randn_like(x1)
-        t = torch.rand(len(x1), device=x1.device)
-        tb = t.view(-1, *([1] * len(self.shape)))
-        xt = (1 - (1 - self.sigma_min) * tb) * x0 + tb * x1
-        u = x1 - (1 - self.sigma_min) * x0
-        return (self.net(xt, t, self._drop_labels(y)).float() - u).pow(2).flatten(1).sum(1).mean()
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        steps: int = 50,
-        y=None,
-        guidance: float = 1.0,
-        return_path: bool = False,
-        x_0: torch.Tensor | None = None,
-    ):
-        """Euler steps x <- x + v(x, t) dt from t = 0 (noise) to t = 1 (data)."""
-        dev, y = self._device(), self._labels(n, y)
-        x = torch.randn(n, *self.shape, device=dev) if x_0 is None else x_0.to(dev)
-        path = [x]
-        for i in range(steps):
-            t = torch.full((n,), i / steps, device=dev)
-            v = self.net(x, t, y).float()
-            if y is not None and guidance != 1.0:
-                v_u = self.net(x, t, None).float()
-                v = v_u + guidance * (v - v_u)
-            x = x + v / steps
             path.append(x)
         out = self._decode(x)
         return (out, torch.stack(path)) if return_path else out
@@ -489,7 +417,7 @@ def train_reference(
     *, checkpoint: str | Path | None = None, progress: bool = True, seed: int = 0
 ) -> tuple[Diffusion, History]:
     """Train the book's digits model; validation (early stopping) scores the unconditional bound."""
-    torch.manual_seed(seed)
+    seed_everything(seed)
     model = Diffusion(reference_config())
     epochs = budget(fast=2, full=70)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)

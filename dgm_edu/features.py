@@ -1,10 +1,11 @@
-r"""The project's one fixed feature network: a small digits classifier for FID, KID, P/R.
+"""The project's one fixed feature network: a small digits classifier for FID, KID, P/R.
 
 Sample-quality metrics compare two sets of images in the feature space of a fixed network (for
 ImageNet that network is Inception-v3; for the 8x8 digits it is this one). The network is a small
-CNN classifier trained on the **train split only** by ``scripts/train_feature_net.py`` (seed 0,
-with :func:`dgm_edu.train.fit`). Its weights ship in ``dgm_edu/assets/digits_features.pt`` as a
-``state_dict`` and are loaded with ``torch.load(..., weights_only=True)``.
+CNN classifier trained on the **train split only** (seed 0, with :func:`dgm_edu.train.fit`; the
+source repository's ``scripts/train_feature_net.py`` is the recipe). Its weights ship inside the
+package, in ``dgm_edu/assets/digits_features.pt``, as a ``state_dict`` and are loaded with
+``torch.load(..., weights_only=True)``.
 
 The features are the activations of the penultimate layer (after the ReLU), as FID uses the pooled
 activations of Inception's last hidden layer. Every chapter must use the same network, or scores are
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgm_edu.data import LEVELS, NUM_CLASSES, validate_digits
+from dgm_edu.data import NUM_CLASSES, to_unit, validate_digits
 
 ASSET = "digits_features.pt"
 
@@ -62,7 +63,7 @@ class DigitsFeatureNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Raw digits ``(N, 1, 8, 8)`` int 0..16 -> penultimate activations ``(N, F)`` float32."""
-        x = validate_digits(x).float() / (LEVELS - 1)  # levels 0..16 -> [0, 1]
+        x = to_unit(validate_digits(x))  # levels 0..16 -> the grid {0, 1/16, ..., 1}
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,12 +105,15 @@ def asset_path() -> Path:
 def load_feature_net() -> DigitsFeatureNet:
     """The shipped feature network, on the CPU, in eval mode, with frozen weights (cached).
 
-    Raises ``FileNotFoundError`` with the command that rebuilds the weights when they are missing.
+    Raises ``FileNotFoundError`` that says how to restore the weights when they are missing.
     """
     path = asset_path()
     if not path.is_file():
         raise FileNotFoundError(
-            f"Feature-net weights not found at {path}: run `python scripts/train_feature_net.py`"
+            f"Feature-net weights not found at {path}: they ship inside the dgm_edu package "
+            f"(dgm_edu/assets/{ASSET}); reinstall dgm_edu to restore them "
+            f"(pip install --force-reinstall dgm_edu), and never retrain them in place: every "
+            f"FID, KID and precision/recall in the book is measured with these weights"
         )
     payload = torch.load(path, map_location="cpu", weights_only=True)
     net = DigitsFeatureNet(FeatureNetConfig(**_config_from(payload)))

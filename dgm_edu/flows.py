@@ -1,56 +1,49 @@
-r"""Normalizing flows: exact likelihood through invertible maps.
+"""Normalizing flows: exact likelihood through invertible maps.
 
-A flow is an invertible map :math:`f` from data :math:`x` to noise :math:`z = f(x)` with a simple
-base density :math:`p_Z = \mathcal N(0, I)`. The change of variables gives the exact density
+A flow is an invertible map f from data x to noise z = f(x) with a simple base density
+p_Z = N(0, I). The change of variables gives the exact density
 
-.. math:: \log p_X(x) = \log p_Z(f(x)) + \log \left|\det \frac{\partial f}{\partial x}\right|.
+    log p_X(x) = log p_Z(f(x)) + log |det ∂f/∂x|.
 
 Every layer here has the same face: ``forward(x, cond=None) -> (z, logdet)`` (data -> noise, with
-the per-example :math:`\log|\det J|`) and ``inverse(z, cond=None) -> x`` (noise -> data).
+the per-example log |det J|) and ``inverse(z, cond=None) -> x`` (noise -> data).
 
 - :class:`AffineCoupling` (RealNVP), masks as buffers: checkerboard for images, alternating for 2D.
 - :class:`MAF` and :class:`IAF`: affine autoregressive layers on a :class:`MADE` network. MAF
   evaluates densities in one pass and samples in D passes; IAF is the other way round.
 - :class:`ActNorm` (Glow): a per-channel affine map with data-dependent initialisation.
 - :class:`Planar` (Rezende & Mohamed): a one-unit residual map for the 2D intuition.
-- :class:`Flow`: a stack of layers. :class:`Flow2D`: a density on the 2D toys.
-- :class:`DigitFlow`: a conv coupling flow on the 8x8 digits with uniform or variational
-  dequantization; ``log_prob`` is a lower bound on the DISCRETE log-likelihood in nats/image.
+- :class:`Flow`: a stack of layers. :class:`Flow2D`: a density on the 2D toys; :func:`train_toy`.
+
+The flow on the 8x8 digits (``DigitFlow``, with dequantization) is built from these layers in
+:mod:`dgm_edu.digit_flow`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgm_edu.data import (
-    LEVELS,
-    NUM_PIXELS,
-    dequantize,
-    digits_loader,
-    make_loader,
-    toy_2d,
-    validate_digits,
-)
-from dgm_edu.runtime import budget, seed_everything
+from dgm_edu import checks
+from dgm_edu.data import make_loader, toy_2d
+from dgm_edu.densities import standard_normal_log_prob, sum_except_batch
+from dgm_edu.runtime import budget, module_device, seed_everything
 from dgm_edu.train import History, fit
 
-LOG_2PI = math.log(2 * math.pi)
+Layer = TypeVar("Layer", bound=nn.Module)
 
 
-def sum_except_batch(t: torch.Tensor) -> torch.Tensor:
-    """Sum every dimension but the first: ``(B, ...) -> (B,)``."""
-    return t.flatten(1).sum(1)
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log \mathcal N(z; 0, I) = -\tfrac12 \sum_i (z_i^2 + \log 2\pi)`, per example."""
-    return sum_except_batch(-0.5 * (z**2 + LOG_2PI))
+def zero_init(layer: Layer) -> Layer:
+    """Zero a layer's weight and bias and return it: an output layer that makes its coupling (or
+    MADE) layer start as the identity map."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 # --------------------------------------------------------------------------- masks
@@ -68,16 +61,14 @@ def alternating_mask(dim: int, parity: int = 0) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- coupling
 class AffineCoupling(nn.Module):
-    r"""RealNVP affine coupling with a fixed binary mask :math:`m` (a buffer).
+    """RealNVP affine coupling with a fixed binary mask m (a buffer):
 
-    .. math:: z = m \odot x + (1 - m) \odot \left(x \odot e^{s(m \odot x)} + t(m \odot x)\right),
-       \qquad \log|\det J| = \sum_i (1 - m_i)\, s_i.
+        z = m ⊙ x + (1 − m) ⊙ (x ⊙ exp(s(m ⊙ x)) + t(m ⊙ x)),    log |det J| = Σ_i (1 − m_i) s_i.
 
-    The masked half passes through unchanged, so :math:`\partial z / \partial x` is triangular (in
-    an order that lists the masked coordinates first) and its determinant is the product of the
-    diagonal, :math:`\prod_i e^{(1-m_i) s_i}`. ``net`` maps ``cat([m*x, m, cond], dim=1)`` to
-    ``2C`` channels (``s`` and ``t``); its last layer starts at zero, so the layer starts as the
-    identity.
+    The masked half passes through unchanged, so ∂z/∂x is triangular (in an order that lists the
+    masked coordinates first) and its determinant is the product of the diagonal,
+    Π_i exp((1 − m_i) s_i). ``net`` maps ``cat([m*x, m, cond], dim=1)`` to ``2C`` channels
+    (``s`` and ``t``); its last layer starts at zero, so the layer starts as the identity.
     """
 
     def __init__(self, mask: torch.Tensor, net: nn.Module, scale_clamp: float = 3.0) -> None:
@@ -110,14 +101,13 @@ class AffineCoupling(nn.Module):
 
 # --------------------------------------------------------------------------- ActNorm
 class ActNorm(nn.Module):
-    r"""Affine map :math:`z = (x - b) e^{-\log\sigma}` with data-dependent init (Glow).
+    """Affine map z = (x − b) exp(−log σ) with data-dependent initialisation (Glow).
 
-    ``shape`` is the shape of :math:`b` and :math:`\sigma`: an int ``C`` gives one pair per channel
-    (Glow's ActNorm); a tuple such as ``(1, 8, 8)`` gives one pair per pixel. The parameters are
-    shared over the remaining dimensions, so
-    :math:`\log|\det J| = -\sum \log\sigma \times` (entries each parameter acts on). On the
-    first training batch :math:`b` and :math:`\sigma` are set to that batch's mean and std, so
-    the output starts standardised.
+    ``shape`` is the shape of b and σ: an int ``C`` gives one pair per channel (Glow's ActNorm);
+    a tuple such as ``(1, 8, 8)`` gives one pair per pixel. The parameters are shared over the
+    remaining dimensions, so log |det J| = −Σ log σ × (the entries each parameter acts on). On
+    the first training batch (train mode, a batch of two or more) b and σ are set to that batch's
+    mean and std, so the output starts standardised: a one-time side effect of ``forward``.
     """
 
     def __init__(self, shape: int | tuple[int, ...]) -> None:
@@ -166,14 +156,16 @@ class MaskedLinear(nn.Linear):
 
 
 class MADE(nn.Module):
-    r"""Masked autoencoder (Germain et al.): output ``i`` depends only on inputs before ``i``.
+    """Masked autoencoder (Germain et al.): output ``i`` depends only on inputs before ``i``.
 
     ``order`` is a permutation of ``range(D)``: input ``order[k]`` is the ``k``-th in the
     autoregressive order. Each unit gets a degree; a weight is kept when the degree of its output
     unit is >= (hidden) or > (output) the degree of its input unit. Returns ``(B, 2, D)``.
     """
 
-    def __init__(self, dim: int, hidden: int, num_hidden: int = 2, order=None) -> None:
+    def __init__(
+        self, dim: int, hidden: int, num_hidden: int = 2, order: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         order = torch.arange(dim) if order is None else torch.as_tensor(order)
         deg_in = torch.empty(dim, dtype=torch.long)
@@ -191,9 +183,7 @@ class MADE(nn.Module):
         # output unit (k, i) sees hidden units of degree < deg(i): strict inequality
         d_out = deg_in.repeat(2)
         last = MaskedLinear(len(degs[-1]), 2 * dim, (d_out[:, None] > degs[-1][None]).float())
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+        self.net = nn.Sequential(*layers, zero_init(last))
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,10 +191,9 @@ class MADE(nn.Module):
 
 
 class MAF(nn.Module):
-    r"""Masked autoregressive flow layer (Papamakarios et al.), data -> noise in ONE pass:
+    """Masked autoregressive flow layer (Papamakarios et al.), data -> noise in ONE pass:
 
-    .. math:: z_i = (x_i - \mu_i(x_{<i}))\, e^{-\alpha_i(x_{<i})}, \qquad
-       \log|\det J| = -\sum_i \alpha_i.
+        z_i = (x_i − μ_i(x_<i)) exp(−α_i(x_<i)),    log |det J| = −Σ_i α_i.
 
     The inverse (sampling) is sequential: D passes, each fixing one more coordinate.
     """
@@ -242,11 +231,11 @@ class MAF(nn.Module):
 
 
 class IAF(MAF):
-    r"""Inverse autoregressive flow layer (Kingma et al.): the MAF map used the other way round.
+    """Inverse autoregressive flow layer (Kingma et al.): the MAF map used the other way round.
 
-    Sampling (noise -> data) is ONE pass, :math:`x_i = z_i e^{\alpha_i(z_{<i})} + \mu_i(z_{<i})`;
-    density evaluation (data -> noise) needs D sequential passes. :math:`\log|\det J| = -\sum_i
-    \alpha_i(z_{<i})` for the data -> noise direction.
+    Sampling (noise -> data) is ONE pass, x_i = z_i exp(α_i(z_<i)) + μ_i(z_<i); density
+    evaluation (data -> noise) needs D sequential passes. log |det J| = −Σ_i α_i(z_<i) for the
+    data -> noise direction.
     """
 
     def forward(
@@ -266,14 +255,13 @@ class IAF(MAF):
 
 # --------------------------------------------------------------------------- planar
 class Planar(nn.Module):
-    r"""Planar flow :math:`f(x) = x + \hat u \tanh(w^\top x + b)` (Rezende & Mohamed, 2015).
+    """Planar flow f(x) = x + û tanh(wᵀx + b) (Rezende & Mohamed, 2015):
 
-    .. math:: \log|\det J| = \log\left|1 + \tanh'(w^\top x + b)\, \hat u^\top w\right|.
+        log |det J| = log |1 + tanh'(wᵀx + b) ûᵀw|.
 
-    :math:`\hat u = u + (\mathrm{softplus}(w^\top u) - 1 - w^\top u)\, w / \|w\|^2` guarantees
-    :math:`\hat u^\top w \ge -1`, so the map is invertible. The inverse has no closed form: the
-    scalar :math:`a = w^\top x` solves the monotone equation
-    :math:`a + \hat u^\top w \tanh(a + b) = w^\top y`, found by bisection.
+    û = u + (softplus(wᵀu) − 1 − wᵀu) w / ‖w‖² guarantees ûᵀw ≥ −1, so the map is invertible.
+    The inverse has no closed form: the scalar a = wᵀx solves the monotone equation
+    a + ûᵀw tanh(a + b) = wᵀy, found by bisection.
     """
 
     def __init__(self, dim: int = 2) -> None:
@@ -311,7 +299,7 @@ class Planar(nn.Module):
 
 # --------------------------------------------------------------------------- stacks
 class Flow(nn.Module):
-    r"""A composition :math:`f = f_K \circ \dots \circ f_1`; log-dets add up (chain rule)."""
+    """A composition f = f_K ∘ … ∘ f_1; the log-determinants add up (chain rule)."""
 
     def __init__(self, layers: list[nn.Module]) -> None:
         super().__init__()
@@ -342,16 +330,13 @@ class Flow(nn.Module):
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    net = nn.Sequential(
+    return nn.Sequential(
         nn.Linear(in_dim, hidden),
         nn.GELU(),
         nn.Linear(hidden, hidden),
         nn.GELU(),
-        nn.Linear(hidden, out_dim),
+        zero_init(nn.Linear(hidden, out_dim)),
     )
-    nn.init.zeros_(net[-1].weight)
-    nn.init.zeros_(net[-1].bias)
-    return net
 
 
 @dataclass
@@ -363,7 +348,11 @@ class Flow2DConfig:
 
 
 class Flow2D(nn.Module):
-    """A flow density on R^D (default 2D) with a standard normal base."""
+    """A flow density on R^D (default 2D) with a standard normal base.
+
+    ``log_prob(x)`` is exact and keeps gradients; ``loss(x) = −mean log_prob(x)``; in train mode
+    the coupling flow's ActNorm layers initialise from the first batch they see (once).
+    """
 
     def __init__(self, config: Flow2DConfig | None = None) -> None:
         super().__init__()
@@ -387,255 +376,28 @@ class Flow2D(nn.Module):
         self.flow = Flow(layers)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        z, logdet = self.flow(x)
+        """log p(x) = log N(f(x); 0, I) + log |det ∂f/∂x|, per point: ``(B, D) -> (B,)``."""
+        z, logdet = self.flow(checks.points(x, self.config.dim, "x"))
         return standard_normal_log_prob(z) + logdet
 
-    def loss(self, x: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Negative log-likelihood, nats per point, averaged over the batch. The model is
+        unconditional: a ``y`` is refused."""
+        x = checks.points(x, self.config.dim, "x")
+        checks.labels(y, len(x), 0)
         return -self.log_prob(x).mean()
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
-        p = next(self.parameters())
-        z = temperature * torch.randn(n, self.config.dim, device=p.device, dtype=p.dtype)
-        return self.flow.inverse(z)
-
-
-# --------------------------------------------------------------------------- the digits
-class ConvNet(nn.Module):
-    """The coupling network for images: 3x3 convs with GELU, a zero-initialised output conv.
-
-    Convolutions do not know where they are; a learned bias map ``(1, hidden, size, size)`` after
-    the first conv tells them (the border pixels of a digit behave nothing like the centre).
-    """
-
-    def __init__(
-        self,
-        in_ch: int,
-        hidden: int,
-        out_ch: int,
-        depth: int = 2,
-        size: int = 8,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.position = nn.Parameter(torch.zeros(1, hidden, size, size))
-        self.first = nn.Conv2d(in_ch, hidden, 3, padding=1)
-        layers: list[nn.Module] = [nn.GELU(), nn.Dropout(dropout)]
-        for _ in range(depth - 1):
-            layers += [nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(), nn.Dropout(dropout)]
-        out = nn.Conv2d(hidden, out_ch, 3, padding=1)
-        nn.init.zeros_(out.weight)
-        nn.init.zeros_(out.bias)
-        self.net = nn.Sequential(*layers, out)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(self.first(h) + self.position)
-
-
-class FlatMLP(nn.Module):
-    """A coupling network that sees the whole image: flatten, MLP, reshape to ``out_ch`` maps."""
-
-    def __init__(
-        self,
-        in_ch: int,
-        hidden: int,
-        out_ch: int,
-        depth: int = 2,
-        size: int = 8,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [
-            nn.Flatten(),
-            nn.Linear(in_ch * size * size, hidden),
-            nn.GELU(),
-            nn.Dropout(dropout),
-        ]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout)]
-        out = nn.Linear(hidden, out_ch * size * size)
-        nn.init.zeros_(out.weight)
-        nn.init.zeros_(out.bias)
-        self.net = nn.Sequential(*layers, out, nn.Unflatten(1, (out_ch, size, size)))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)
-
-
-def coupling_stack(
-    num_couplings: int,
-    hidden: int,
-    depth: int,
-    cond_ch: int = 0,
-    actnorm: bool = True,
-    net: str = "conv",
-    dropout: float = 0.0,
-) -> Flow:
-    """Checkerboard couplings on ``(B, 1, 8, 8)``, parity alternating, ActNorm before each.
-
-    ``net`` is ``"conv"`` (3x3 convs, local) or ``"mlp"`` (sees the whole image, cheap on a CPU).
-    """
-    layers: list[nn.Module] = []
-    for k in range(num_couplings):
-        if actnorm:
-            layers.append(ActNorm((1, 8, 8)))  # one scale and shift per pixel
-        # in: m*x, m, cond; out: s, t
-        body = (
-            ConvNet(2 + cond_ch, hidden, 2, depth, dropout=dropout)
-            if net == "conv"
-            else FlatMLP(2 + cond_ch, hidden, 2, depth, dropout=dropout)
-        )
-        layers.append(AffineCoupling(checkerboard_mask(8, 8, k % 2), body))
-    return Flow(layers)
-
-
-@dataclass
-class DigitFlowConfig:
-    dequantization: str = "variational"  # "variational" or "uniform"
-    net: str = "conv"  # coupling networks: "conv" (3x3 convs) or "mlp" (sees the whole image)
-    num_couplings: int = 8
-    hidden: int = 32  # channels (conv) or units (mlp) of each coupling network
-    depth: int = 2  # hidden layers per coupling network
-    dropout: float = 0.0  # dropout in the main flow's coupling networks (a regulariser)
-    deq_couplings: int = 4  # couplings of the variational dequantizer q(u|x)
-    deq_hidden: int = 16
-    alpha: float = 0.05  # logit preprocessing squashes y into [alpha, 1 - alpha]
-    eval_samples: int = 4  # dequantization samples averaged by log_prob
-
-
-class DigitFlow(nn.Module):
-    r"""A checkerboard coupling flow for the 17-level 8x8 digits.
-
-    Preprocessing (its log-Jacobian is part of the density):
-    :math:`y = (x + u)/17 \in [0,1)^{64}`, :math:`s = \mathrm{logit}(\alpha + (1-2\alpha)y)`,
-    :math:`z = f(s)`. The density of y is
-    :math:`\log p(y) = \log\mathcal N(f(s)) + \log|\det \partial f/\partial s| + \sum_i
-    \log\frac{1-2\alpha}{p_i(1-p_i)}` with :math:`p_i = \alpha + (1-2\alpha) y_i`.
-
-    Dequantization: ``"uniform"`` draws :math:`u \sim U[0,1)^{64}` (:math:`\log q = 0`);
-    ``"variational"`` draws :math:`u = \sigma(g(\epsilon; x))` with a conditional coupling flow
-    :math:`g` and :math:`\epsilon \sim \mathcal N(0, I)` (Ho et al., Flow++).
-    """
-
-    def __init__(self, config: DigitFlowConfig | None = None) -> None:
-        super().__init__()
-        self.config = c = config or DigitFlowConfig()
-        if c.dequantization not in ("uniform", "variational"):
-            raise ValueError(
-                f"Unknown dequantization {c.dequantization!r}: expected 'uniform' or 'variational'"
-            )
-        self.flow = coupling_stack(c.num_couplings, c.hidden, c.depth, net=c.net, dropout=c.dropout)
-        if c.dequantization == "variational":
-            # q(u|x): couplings on noise whose networks also see the image x (1 channel)
-            self.deq_flow = coupling_stack(
-                c.deq_couplings, c.deq_hidden, 2, cond_ch=1, actnorm=False, net=c.net
-            )
-
-    # -- preprocessing
-    def _to_logit(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.config.alpha
-        p = a + (1 - 2 * a) * y
-        s = torch.log(p) - torch.log1p(-p)
-        # ds/dy = (1 - 2a) / (p (1 - p))
-        logdet = sum_except_batch(math.log(1 - 2 * a) - torch.log(p) - torch.log1p(-p))
-        return s, logdet
-
-    def _from_logit(self, s: torch.Tensor) -> torch.Tensor:
-        a = self.config.alpha
-        return (torch.sigmoid(s) - a) / (1 - 2 * a)
-
-    # -- dequantization
-    def dequantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Draw :math:`u \sim q(u|x)` on :math:`[0,1)^{64}`; return ``(u, log q(u|x))``.
-
-        Variational: :math:`\log q(u|x) = \log\mathcal N(\epsilon) - \log|\det\partial v/\partial
-        \epsilon| - \sum_i \log\sigma'(v_i)` with :math:`v = g(\epsilon; x)`, :math:`u = \sigma(v)`.
-        """
+    def sample(
+        self, n: int, *, y: torch.Tensor | int | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """``(n, D)`` points x = f⁻¹(z), z ~ N(0, T² I) with T the ``temperature`` (finite, > 0).
+        The model is unconditional: a ``y`` is refused."""
+        n, temperature = checks.count(n), checks.temperature(temperature)
+        checks.labels(y, n, 0)
         dtype = next(self.parameters()).dtype
-        xf = x.to(dtype)
-        if self.config.dequantization == "uniform":
-            u = dequantize(x).to(dtype) * LEVELS - xf  # the foundation's U[0,1) noise
-            return u, torch.zeros(x.shape[0], dtype=dtype, device=x.device)
-        eps = torch.randn_like(xf)  # (B, 1, 8, 8)
-        cond = xf / (LEVELS - 1) - 0.5  # (B, 1, 8, 8): the image conditions the couplings
-        v, logdet = self.deq_flow(eps, cond)
-        u = torch.sigmoid(v)
-        # log sigma'(v) = log sigma(v) + log sigma(-v)
-        log_dsig = sum_except_batch(F.logsigmoid(v) + F.logsigmoid(-v))
-        return u, standard_normal_log_prob(eps) - logdet - log_dsig
-
-    def log_density(self, y: torch.Tensor) -> torch.Tensor:
-        """Continuous log-density of ``y`` in ``[0,1)^64`` (``(B, 1, 8, 8)`` floats), per image."""
-        s, ld_pre = self._to_logit(y)
-        z, ld_flow = self.flow(s)
-        return standard_normal_log_prob(z) + ld_flow + ld_pre
-
-    def elbo(self, x: torch.Tensor) -> torch.Tensor:
-        r"""One-sample dequantization bound (nats/image):
-        :math:`\log p\left(\tfrac{x+u}{17}\right) - \log q(u|x) - 64\log 17`, :math:`u\sim q`."""
-        u, log_q = self.dequantize(x)
-        y = (x.to(u.dtype) + u) / LEVELS
-        return self.log_density(y) - log_q - NUM_PIXELS * math.log(LEVELS)
-
-    # -- the model face
-    def log_prob(self, x: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
-        r"""Lower bound on the discrete log-likelihood :math:`\log P(x)`, nats/image, ``(B,)``.
-
-        :math:`\log P(x) \ge \mathbb E_{q(u|x)}[\log p((x+u)/17) - \log q(u|x)] - 64\log 17`.
-        Estimator: the mean of ``num_samples`` (default ``config.eval_samples`` = 4) independent
-        one-sample bounds, an unbiased estimate of the bound (not of log P itself).
-        """
-        x = validate_digits(x)
-        k = num_samples or self.config.eval_samples
-        return torch.stack([self.elbo(x) for _ in range(k)]).mean(0)
-
-    def loss(self, x: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
-        """Negative one-sample bound, mean over the batch (nats/image)."""
-        return -self.elbo(validate_digits(x)).mean()
-
-    @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
-        """Draw ``n`` digits ``(n, 1, 8, 8)`` int64 levels; ``z ~ N(0, T^2 I)``."""
-        p = next(self.parameters())
-        z = temperature * torch.randn(n, 1, 8, 8, device=p.device, dtype=p.dtype)
-        y = self._from_logit(self.flow.inverse(z))
-        return (y * LEVELS).floor().clamp(0, LEVELS - 1).long()
-
-
-def train_reference(
-    *,
-    checkpoint: str | None = None,
-    progress: bool = True,
-    seed: int = 0,
-    dequantization: str = "variational",
-) -> tuple[DigitFlow, History]:
-    """The book's recipe: a DigitFlow with Adam and cosine decay, early stopping on val."""
-    seed_everything(seed)
-    cfg = budget(
-        fast=DigitFlowConfig(
-            dequantization=dequantization, num_couplings=4, hidden=16, deq_couplings=2, deq_hidden=8
-        ),
-        full=DigitFlowConfig(dequantization=dequantization),
-    )
-    model = DigitFlow(cfg)
-    epochs = budget(fast=4, full=40)
-    opt = torch.optim.Adam(model.parameters(), lr=budget(fast=3e-3, full=2e-3))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    hist = fit(
-        model,
-        opt,
-        digits_loader("train", 64),
-        digits_loader("val", 350),
-        epochs=epochs,
-        patience=budget(fast=None, full=15),
-        grad_clip=50.0,
-        checkpoint=checkpoint,
-        seed=seed,
-        progress=progress,
-        scheduler=sched,
-        desc=f"flow ({dequantization})",
-    )
-    return model, hist
+        z = temperature * torch.randn(n, self.config.dim, device=module_device(self), dtype=dtype)
+        return checks.finite(self.flow.inverse(z), "Flow2D samples")
 
 
 def train_toy(

@@ -1,22 +1,19 @@
-r"""Generative adversarial networks: a generator and a discriminator playing a two-player game.
+"""Generative adversarial networks: a generator and a discriminator playing a two-player game.
 
-The generator :math:`G` maps noise :math:`z \sim \mathcal N(0, I)` to a sample; the discriminator
-:math:`D` (the *critic* in WGAN) scores how real a sample looks. With :math:`D = \sigma(\ell)`,
-:math:`\ell` the logit, the game of Goodfellow et al. (2014) is
+The generator G maps noise z ~ N(0, I) to a sample; the discriminator D (the *critic* in WGAN)
+scores how real a sample looks. With D = σ(ℓ), ℓ the logit, the game of Goodfellow et al. (2014) is
 
-.. math:: \min_G \max_D \; \mathbb E_{x\sim p_\text{data}}[\log D(x)]
-          + \mathbb E_{z}[\log(1 - D(G(z)))].
+    min_G max_D  E_{x ~ p_data}[log D(x)] + E_z[log(1 − D(G(z)))].
 
-For a fixed :math:`G` the best discriminator is :math:`D^*(x) = p_\text{data}(x) /
-(p_\text{data}(x) + p_g(x))`, and against it the generator minimises
-:math:`2\,\mathrm{JS}(p_\text{data}\,\|\,p_g) - \log 4`.
+For a fixed G the best discriminator is D*(x) = p_data(x) / (p_data(x) + p_g(x)), and against it
+the generator minimises 2 JS(p_data || p_g) − log 4.
 
 Three generator/discriminator objectives live here (``GANConfig.loss``):
 
-* ``"minimax"``: the generator minimises :math:`\mathbb E\log(1 - D(G(z)))` (saturates early);
-* ``"nonsaturating"``: it minimises :math:`-\mathbb E\log D(G(z))` instead (same fixed point);
-* ``"wgan-gp"``: a critic :math:`f` estimates the Wasserstein-1 distance,
-  :math:`\max_f \mathbb E f(x) - \mathbb E f(G(z))`, kept 1-Lipschitz by a gradient penalty.
+* ``"minimax"``: the generator minimises E log(1 − D(G(z))) (saturates early);
+* ``"nonsaturating"``: it minimises −E log D(G(z)) instead (same fixed point);
+* ``"wgan-gp"``: a critic f estimates the Wasserstein-1 distance, max_f E f(x) − E f(G(z)),
+  kept 1-Lipschitz by a gradient penalty.
 
 A GAN is an *implicit* model: it can sample but has no density, so it has **no** ``log_prob``.
 Judge it with :mod:`dgm_edu.metrics` (``fid``, ``kid``, ``precision_recall``, ``mode_coverage``).
@@ -27,26 +24,36 @@ How it plugs into the shared trainer: :meth:`GAN.train_step` takes a batch and t
 reports as the validation loss: the discriminator's loss on held-out real data against fresh
 fakes (for WGAN-GP, the critic's loss without the penalty). It tells you whether the discriminator
 is winning or memorising the training set; it is **not** a measure of sample quality, so train GANs
-with ``restore_best=False`` and no early stopping.
+with ``restore_best=False`` and no early stopping. ``loss`` has no side effects in either mode
+(it only draws fresh noise).
+
+Labels follow the library's contract (:mod:`dgm_edu.checks`): a conditional GAN
+(``num_classes > 0``) takes ``loss(x, y)``, ``(x, y)`` batches and ``sample(n, y=...)``; sampled
+without ``y`` it stratifies the classes 0, 1, ..., K−1. An unconditional GAN refuses labels.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgm_edu.data import IMAGE_SHAPE, LEVELS, dequantize, validate_digits
+from dgm_edu import checks
+from dgm_edu.data import IMAGE_SHAPE, dequantize, quantize, validate_digits
+from dgm_edu.runtime import module_device
 
 LOSSES = ("minimax", "nonsaturating", "wgan-gp")
 
 
 @dataclass
 class GANConfig:
-    data_shape: tuple[int, ...] = IMAGE_SHAPE  # (1, 8, 8) raw digits, or (2,) for the 2D toys
+    # (C, H, W) images of raw levels 0..16: (1, 8, 8) digits, (1, 28, 28) MNIST at 17 levels
+    # (arch="mlp"); or (D,) points, e.g. (2,) for the 2D toys
+    data_shape: tuple[int, ...] = IMAGE_SHAPE
     arch: str = "mlp"  # "mlp", or "conv" (images only)
     latent_dim: int = 16
     hidden: int = 256  # MLP width; conv nets use hidden // 4 and hidden // 2 channels
@@ -57,6 +64,10 @@ class GANConfig:
 
     def __post_init__(self) -> None:
         self.data_shape = tuple(self.data_shape)
+        if len(self.data_shape) not in (1, 3):
+            raise ValueError(
+                f"data_shape must be (D,) for points or (C, H, W) for images, got {self.data_shape}"
+            )
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}: expected one of {LOSSES}")
         if self.arch not in ("mlp", "conv"):
@@ -66,22 +77,23 @@ class GANConfig:
 
     @property
     def is_image(self) -> bool:
-        return self.data_shape == IMAGE_SHAPE
+        """Images ``(C, H, W)`` of raw levels (any size), rather than ``(D,)`` points."""
+        return len(self.data_shape) == 3
 
 
 # --------------------------------------------------------------------------- the losses
 # D outputs a logit l, D(x) = sigmoid(l); log D = -softplus(-l) and log(1 - D) = -softplus(l).
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    r"""-E[log D(x)] - E[log(1 - D(G(z)))]: binary cross-entropy, real = 1, fake = 0."""
+    """−E[log D(x)] − E[log(1 − D(G(z)))]: binary cross-entropy, real = 1, fake = 0."""
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str = "nonsaturating") -> torch.Tensor:
-    r"""The generator's objective from the discriminator's logits on fakes ``(N,)``.
+    """The generator's objective from the discriminator's logits on fakes ``(N,)``.
 
-    minimax: :math:`\mathbb E\log(1 - D)`, gradient in the logit :math:`-D` (vanishes as D -> 0);
-    non-saturating: :math:`-\mathbb E\log D`, gradient :math:`-(1 - D)` (large when D -> 0);
-    wgan-gp: :math:`-\mathbb E f(G(z))` (the logit is the critic's value).
+    minimax: E log(1 − D), gradient in the logit −D (vanishes as D -> 0);
+    non-saturating: −E log D, gradient −(1 − D) (large when D -> 0);
+    wgan-gp: −E f(G(z)) (the logit is the critic's value).
     """
     if kind == "minimax":
         return -F.softplus(fake_logits).mean()
@@ -93,15 +105,15 @@ def generator_loss(fake_logits: torch.Tensor, kind: str = "nonsaturating") -> to
 
 
 def critic_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
-    r"""WGAN critic: :math:`\mathbb E f(G(z)) - \mathbb E f(x)`, minus the Wasserstein estimate."""
+    """WGAN critic: E f(G(z)) − E f(x), minus the Wasserstein estimate."""
     return fake_scores.mean() - real_scores.mean()
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, *args) -> torch.Tensor:
-    r"""WGAN-GP penalty :math:`\mathbb E_{\hat x}(\lVert\nabla_{\hat x} f(\hat x)\rVert_2 - 1)^2`.
+    """WGAN-GP penalty E_x̂ (‖∇_x̂ f(x̂)‖₂ − 1)².
 
-    :math:`\hat x = \epsilon x + (1-\epsilon)\tilde x`, :math:`\epsilon \sim U[0,1]` per example,
-    on straight lines between real and fake points. ``args`` (labels) are passed on to ``critic``.
+    x̂ = ε x + (1 − ε) x̃, ε ~ U[0, 1] per example, on straight lines between real and fake
+    points. ``args`` (labels) are passed on to ``critic``.
     """
     eps = torch.rand(len(real), *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
     x_hat = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
@@ -150,7 +162,7 @@ class Discriminator(nn.Module):
     """A point ``data_shape`` (and labels) -> one logit (or critic value) per example ``(N,)``.
 
     Conditional: a projection discriminator (Miyato & Koyama, 2018),
-    :math:`\\ell(x, y) = w^\\top h(x) + e_y^\\top h(x)`, with :math:`e_y` a learned class embedding.
+    ℓ(x, y) = wᵀ h(x) + e_yᵀ h(x), with e_y a learned class embedding.
     """
 
     def __init__(self, c: GANConfig) -> None:
@@ -184,10 +196,13 @@ class Discriminator(nn.Module):
 class GAN(nn.Module):
     """Generator + discriminator, with the library face ``loss``, ``sample`` and ``train_step``.
 
-    Digits: raw levels are dequantized, ``u = (x + U[0,1)) / 17``, and mapped to ``2u - 1`` in
-    (-1, 1), where the generator's tanh lives; :meth:`sample` maps back with ``floor(17 u)``. So the
-    discriminator never sees the 17 discrete levels that the generator cannot produce exactly.
+    Digits: raw levels are dequantized, ``u = (x + U[0,1)) / 17`` (:func:`dgm_edu.data.dequantize`),
+    and mapped to ``2u - 1`` in [-1, 1), where the generator's tanh lives; :meth:`sample` maps back
+    to the bin ``floor(17 u)`` (:func:`dgm_edu.data.quantize`). So the discriminator never sees
+    the 17 discrete levels that the generator cannot produce exactly.
     """
+
+    optimizer_names = ("generator", "discriminator")  # the keys train_step reads; fit checks them
 
     def __init__(self, config: GANConfig | None = None) -> None:
         super().__init__()
@@ -197,27 +212,34 @@ class GAN(nn.Module):
 
     # ---- data <-> model space
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw digits -> dequantized values in (-1, 1); 2D toy points pass through as floats."""
+        """Raw digits -> dequantized values in [-1, 1); 2D toy points pass through as floats."""
         if not self.config.is_image:
-            return x.float()
-        return 2 * dequantize(validate_digits(x)) - 1  # (N, 1, 8, 8)
+            return checks.points(x, self.config.data_shape[0]).float()  # the nets' float32
+        # u = (x + U[0,1)) / 17 in [0, 1), then 2u - 1: (N, C, H, W)
+        return 2 * dequantize(validate_digits(x, self.config.data_shape)) - 1
 
     def to_data_space(self, v: torch.Tensor) -> torch.Tensor:
         """Generator output -> raw-digit int levels 0..16 (images) or float points (toys)."""
         if not self.config.is_image:
             return v.float()
-        return ((v.float() + 1) / 2 * LEVELS).floor().clamp(0, LEVELS - 1).long()
+        return quantize((v.float() + 1) / 2)  # u = (v + 1) / 2 -> its bin floor(17 u)
 
     # ---- the game
     def _latent(self, n: int, like: torch.Tensor) -> torch.Tensor:
         return torch.randn(n, self.config.latent_dim, device=like.device)
 
-    def _labels(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        if not self.config.num_classes:
-            return ()
-        if len(batch) < 2:
-            raise ValueError("A conditional GAN needs (x, y) batches: use labels=True loaders")
-        return (batch[1],)
+    def _labels(self, y: object, n: int) -> tuple[torch.Tensor, ...]:
+        """Labels checked where they enter (:func:`dgm_edu.checks.labels`): ``(y,)`` for a
+        conditional GAN, which needs them; ``()`` for an unconditional one, which refuses them."""
+        y = checks.labels(y, n, self.config.num_classes, module_device(self))
+        if y is not None:
+            return (y,)
+        if self.config.num_classes:
+            raise ValueError(
+                "A conditional GAN needs labels y: call loss(x, y), train on (x, y) batches "
+                "(labels=True loaders), or pass y to decode"
+            )
+        return ()
 
     def generate(self, z: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         """G(z, y) in model space (differentiable)."""
@@ -240,7 +262,7 @@ class GAN(nn.Module):
         (probabilities, or critic values for WGAN-GP).
         """
         opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
-        y = self._labels(batch)
+        y = self._labels(batch[1] if len(batch) > 1 else None, len(batch[0]))
         real = self.to_model_space(batch[0])
         n = len(real)
         for _ in range(self.config.critic_steps):
@@ -267,15 +289,17 @@ class GAN(nn.Module):
             "d_fake": squash(fake_out.detach()).mean().item(),
         }
 
-    def loss(self, x: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         """The discriminator's loss on ``x`` (held-out real data) against fresh generator samples.
 
         What ``fit`` reports as the validation loss. Cross-entropy for minimax/non-saturating (log 4
         = 1.386 when D cannot tell real from fake, near 0 when it wins); for WGAN-GP the critic loss
         without the penalty (minus the Wasserstein estimate). A GAN has no likelihood: this is a
-        diagnostic of the game, not of sample quality.
+        diagnostic of the game, not of sample quality. No side effects in either mode: training
+        happens in :meth:`train_step`.
         """
         real = self.to_model_space(x)
+        labels = self._labels(y, len(real))
         fake = self.generate(self._latent(len(real), real), *labels)
         real_out, fake_out = self.discriminator(real, *labels), self.discriminator(fake, *labels)
         if self.config.loss == "wgan-gp":
@@ -283,24 +307,33 @@ class GAN(nn.Module):
         return discriminator_loss(real_out, fake_out)
 
     @torch.no_grad()
-    def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """``n`` samples: raw-digit int levels ``(n, 1, 8, 8)``, or toy points ``(n, 2)``.
+    def sample(self, n: int, *, y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """``n`` samples: raw-digit int levels ``(n, C, H, W)``, or toy points ``(n, D)``.
 
-        A conditional GAN takes ``labels (n,)``; by default it cycles through the classes 0..9.
+        A conditional GAN takes ``y``, a class (int) or labels ``(n,)``; without it the classes
+        are stratified, 0, 1, ..., K−1 in turn. An unconditional GAN refuses ``y``.
         """
-        device = self.generator.net[0].weight.device
-        z = torch.randn(n, self.config.latent_dim, device=device)
-        y = ()
-        if self.config.num_classes:
-            if labels is None:
-                labels = torch.arange(n) % self.config.num_classes
-            y = (labels.to(device),)
-        return self.to_data_space(self.generate(z, *y))
+        n = checks.count(n)
+        c, dev = self.config, module_device(self)
+        y = checks.labels(y, n, c.num_classes, dev, stratify=True)
+        if n == 0:
+            dtype = torch.long if c.is_image else torch.float32
+            return torch.zeros(0, *c.data_shape, dtype=dtype, device=dev)
+        z = torch.randn(n, c.latent_dim, device=dev)
+        return self.decode(z, y)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
-        """Given latents ``(N, latent)``, the samples in data space (for latent interpolation)."""
-        return self.to_data_space(self.generate(z, *labels))
+    def decode(self, z: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Given latents ``(N, latent)`` (and labels, for a conditional GAN), the samples in data
+        space: checked finite, and for images int levels on the grid 0..16."""
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.config.latent_dim:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(
+                f"z must be a tensor of shape (N, {self.config.latent_dim}), got {got}"
+            )
+        v = checks.finite(self.generate(z, *self._labels(y, len(z))), "the generator's output")
+        out = self.to_data_space(v)
+        return checks.levels_out(out) if self.config.is_image else out
 
 
 def make_optimizers(
@@ -324,7 +357,7 @@ DIGITS_CONFIG = GANConfig(arch="conv", hidden=64, latent_dim=16)
 
 def train_reference(
     *,
-    checkpoint: str | None = None,
+    checkpoint: str | Path | None = None,
     progress: bool = True,
     seed: int = 0,
     data: str = "digits",
@@ -380,7 +413,6 @@ def train_stages(stops: list[int], *, checkpoint: str, **kwargs):
     resumes with the optimizer and random states).
     """
     import shutil
-    from pathlib import Path
 
     base, previous = Path(checkpoint), None
     for stop in stops:

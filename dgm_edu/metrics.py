@@ -1,15 +1,18 @@
-r"""Metrics shared by every chapter.
+"""Metrics shared by every chapter.
 
 Nats per image and bits per dimension
 -------------------------------------
-A model's log-likelihood of one 8x8 image, :math:`\log p(x)`, is measured in nats (natural log).
-The negative log-likelihood (NLL) per image is :math:`-\log p(x)`. Dividing by the number of
-dimensions D = 64 and by ln 2 gives bits per dimension:
+A model's log-likelihood of one 8x8 image, log p(x), is measured in nats (natural log). The
+negative log-likelihood (NLL) per image is −log p(x). Dividing by the number of dimensions D = 64
+and by ln 2 gives bits per dimension:
 
-.. math:: \mathrm{bpd} = \frac{-\log p(x)}{D \ln 2}.
+    bpd = −log p(x) / (D ln 2).
 
 The uniform distribution over 17 levels costs 64 ln 17 = 181.3 nats per image, i.e. log2 17 = 4.09
 bits per dimension; every model in the book should beat it.
+
+Every function that takes raw digits checks them with :func:`dgm_edu.data.validate_digits`
+(the sample-quality scores through the feature network, which checks its input).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dgm_edu.data import NUM_PIXELS, RING_STD, ring_centres
+from dgm_edu import checks
+from dgm_edu.data import IMAGE_SHAPE, LEVELS, NUM_PIXELS, RING_STD, ring_centres, validate_digits
+from dgm_edu.runtime import module_device
 
 
 def nats_to_bpd(nats_per_image: float, dims: int = NUM_PIXELS) -> float:
@@ -41,11 +46,15 @@ def evaluate_nll(
 ) -> float:
     """Mean of ``-log_prob(x)`` over ``images``, in nats per image.
 
-    ``model`` is a model with ``log_prob`` (or a function that returns per-image log-probs).
-    The images are moved to the model's device batch by batch.
+    ``model`` is a model with ``log_prob`` (or a function that returns per-image log-probs); it
+    checks the images itself (its ``log_prob`` validates its input). The images are moved to the
+    model's device batch by batch, and the model runs in eval mode (its mode is restored).
     """
+    if len(images) == 0:
+        raise ValueError("images must hold at least one item to average over, got 0")
+    batch_size = checks.integer(batch_size, "batch_size", low=1)
     log_prob = model.log_prob if hasattr(model, "log_prob") else model
-    device = _device_of(model)
+    device = module_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
     was_training = getattr(model, "training", False)
     if isinstance(model, nn.Module):
         model.eval()
@@ -55,13 +64,6 @@ def evaluate_nll(
     if isinstance(model, nn.Module):
         model.train(was_training)
     return total / len(images)
-
-
-def _device_of(model: object) -> torch.device:
-    if isinstance(model, nn.Module):
-        for t in list(model.parameters()) + list(model.buffers()):
-            return t.device
-    return torch.device("cpu")
 
 
 def mode_coverage(
@@ -78,7 +80,8 @@ def mode_coverage(
     high-quality samples land on it. Returns ``(modes_covered, fraction_high_quality)``.
     """
     centres = ring_centres() if centres is None else centres
-    d = torch.cdist(samples.float(), centres.float())  # (N, K)
+    samples = checks.points(samples, centres.shape[1], "samples")
+    d = torch.cdist(samples, centres.float())  # (N, K)
     dist, nearest = d.min(dim=1)
     good = dist <= num_std * std
     counts = torch.bincount(nearest[good], minlength=len(centres))
@@ -86,30 +89,41 @@ def mode_coverage(
 
 
 def nearest_neighbours(
-    queries: torch.Tensor, reference: torch.Tensor
+    queries: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    shape: tuple[int, int, int] = IMAGE_SHAPE,
+    levels: int = LEVELS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distance from each query image to its nearest reference image, and its index.
 
-    Images are compared as flat vectors of their levels. Returns ``(distances (N,), index (N,))``.
+    Both are raw digits (``shape`` and ``levels``: the 8x8 digits by default), compared as flat
+    vectors of their levels. Returns ``(distances (N,), index (N,))``.
     """
-    q = queries.flatten(1).float()
-    r = reference.flatten(1).float()
+    q = validate_digits(queries, shape, levels).flatten(1).float()
+    r = validate_digits(reference, shape, levels).flatten(1).float()
     dist, idx = torch.cdist(q, r).min(dim=1)
     return dist, idx
 
 
 def memorisation(
-    samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor
+    samples: torch.Tensor,
+    train: torch.Tensor,
+    test: torch.Tensor,
+    *,
+    shape: tuple[int, int, int] = IMAGE_SHAPE,
+    levels: int = LEVELS,
 ) -> dict[str, float]:
-    r"""Are samples copies of training images?
+    """Are samples copies of training images?
 
-    ratio = median_i min_j ||s_i - t_j|| / median_k min_j ||x_k - t_j||: the nearest-train distance
+    ratio = median_i min_j ‖s_i − t_j‖ / median_k min_j ‖x_k − t_j‖: the nearest-train distance
     of samples against that of held-out test images (raw levels, Euclidean). A model that copies
     its training set scores ~0; one that generalises like fresh data scores ~1; noisy samples score
-    > 1. ``exact_copies`` is the fraction of samples identical to some training image.
+    > 1. ``exact_copies`` is the fraction of samples identical to some training image. All three
+    sets are raw digits (checked: [0, 1] floats would give a meaningless ratio).
     """
-    d_samples, _ = nearest_neighbours(samples, train)  # (N,)
-    d_test, _ = nearest_neighbours(test, train)  # (M,)
+    d_samples, _ = nearest_neighbours(samples, train, shape=shape, levels=levels)  # (N,)
+    d_test, _ = nearest_neighbours(test, train, shape=shape, levels=levels)  # (M,)
     return {
         "memorisation_ratio": float(d_samples.median() / d_test.median()),
         "exact_copies": float((d_samples == 0).float().mean()),
@@ -149,7 +163,9 @@ def _feature_net(feature_net: nn.Module | None) -> nn.Module:
     return load_feature_net()
 
 
-def _batches(x: torch.Tensor, batch_size: int = 1024):
+def _batches(x: torch.Tensor, batch_size: int = 1024, what: str = "images"):
+    if len(x) == 0:
+        raise ValueError(f"{what} must hold at least one image, got 0")
     for i in range(0, len(x), batch_size):
         yield x[i : i + batch_size].cpu()
 
@@ -173,10 +189,9 @@ def _need(samples: torch.Tensor, reference: torch.Tensor, at_least: int, what: s
 def fid(
     samples: torch.Tensor, reference: torch.Tensor, feature_net: nn.Module | None = None
 ) -> float:
-    r"""Fréchet distance between Gaussians fitted to the features of two image sets (FID).
+    """Fréchet distance between Gaussians fitted to the features of two image sets (FID).
 
-    .. math:: \mathrm{FID} = \lVert\mu_s-\mu_r\rVert^2
-              + \mathrm{Tr}\bigl(\Sigma_s+\Sigma_r-2(\Sigma_s\Sigma_r)^{1/2}\bigr)
+        FID = ‖μ_s − μ_r‖² + Tr(Σ_s + Σ_r − 2 (Σ_s Σ_r)^½)
 
     Computed by torchmetrics' ``FrechetInceptionDistance`` with the digits feature network in
     place of Inception. Lower is better; 0 only for identical feature statistics. FID is biased
@@ -202,7 +217,7 @@ def kid(
     feature_net: nn.Module | None = None,
     seed: int = 0,
 ) -> tuple[float, float]:
-    r"""Kernel Inception Distance: unbiased MMD^2 with the kernel k(a,b) = (a^T b / F + 1)^3.
+    """Kernel Inception Distance: unbiased MMD² with the kernel k(a, b) = (aᵀ b / F + 1)³.
 
     Averaged over ``subsets`` random subsets of ``subset_size`` from each set (torchmetrics'
     ``KernelInceptionDistance``); returns ``(mean, std)``. Unlike FID it is unbiased, so it can be
@@ -238,10 +253,10 @@ def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def in_manifold(queries: torch.Tensor, support: torch.Tensor, k: int) -> torch.Tensor:
-    r"""Which queries ``(M, F)`` lie in the k-NN manifold of ``support`` ``(N, F)``: ``(M,)`` bool.
+    """Which queries ``(M, F)`` lie in the k-NN manifold of ``support`` ``(N, F)``: ``(M,)`` bool.
 
     The manifold is the union of balls around each support point whose radius is the distance to
-    its k-th nearest support neighbour: :math:`q \in \bigcup_j B(s_j, r_k(s_j))`.
+    its k-th nearest support neighbour: q ∈ ∪_j B(s_j, r_k(s_j)).
     """
     radii = knn_radii(support, k)  # (N,)
     d = torch.cdist(queries.double(), support.double())  # (M, N)
@@ -276,7 +291,7 @@ def class_histogram(samples: torch.Tensor, feature_net: nn.Module | None = None)
     A model that covers every class gives about 0.1 each; a collapsed one piles up on a few.
     """
     net = _feature_net(feature_net)
-    labels = torch.cat([net.classify(b) for b in _batches(samples)])
+    labels = torch.cat([net.classify(b) for b in _batches(samples, what="samples")])
     return torch.bincount(labels, minlength=10).float() / len(labels)
 
 

@@ -5,48 +5,81 @@
   independent-pixel baseline, which also has a closed-form maximum-likelihood fit (counting).
 - :class:`GaussianMixture`: a diagonal Gaussian mixture for the 2D toys.
 
-Every model exposes ``loss(x)``, ``log_prob(x)`` and ``sample(n)``.
+Every model exposes ``loss(x)``, ``log_prob(x)`` and ``sample(n)``, and follows the library's
+contract (:mod:`dgm_edu.checks`): all three are unconditional, so a label ``y`` is refused;
+``log_prob`` keeps gradients; ``loss`` is the NLL, the same in train and eval mode, with no side
+effects; ``sample(0)`` returns an empty batch. The digit models take square images of any size
+their config names (8x8 by default, 28x28 MNIST with ``num_pixels=784``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgm_edu.data import LEVELS, NUM_PIXELS, digits_loader, validate_digits
-from dgm_edu.runtime import budget, seed_everything
+from dgm_edu import checks
+from dgm_edu.data import (
+    IMAGE_SHAPE,
+    LEVELS,
+    NUM_PIXELS,
+    digits_loader,
+    square_image_shape,
+    validate_digits,
+)
+from dgm_edu.densities import normal_log_prob
+from dgm_edu.runtime import budget, module_device, seed_everything
 from dgm_edu.train import History, fit
 
 
 class UniformPixels(nn.Module):
-    """The uniform distribution over 17-level 8x8 images: log p(x) = -64 ln 17."""
+    """The uniform distribution over L-level images of D pixels: log p(x) = -D ln L
+    (8x8 digits: -64 ln 17 = -181.3 nats)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shape: tuple[int, int, int] = IMAGE_SHAPE, levels: int = LEVELS) -> None:
         super().__init__()
-        # an empty buffer, so that .to(device) tells sample() where to draw
+        self.shape, self.levels = tuple(shape), levels
+        # a model without parameters: an empty buffer, so that .to(device) moves the model and
+        # module_device (the one way to find a model's device) tells sample() where to draw
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        x = validate_digits(x)
-        return torch.full((x.shape[0],), -NUM_PIXELS * math.log(LEVELS), device=x.device)
+    def log_prob(self, x: torch.Tensor, y: None = None) -> torch.Tensor:
+        """log p(x) = -D ln L for every image: ``(N,)`` nats."""
+        x = validate_digits(x, self.shape, self.levels)
+        checks.labels(y, len(x), 0)
+        log_p = -math.prod(self.shape) * math.log(self.levels)  # -D ln L
+        return torch.full((x.shape[0],), log_p, device=x.device)
 
-    def sample(self, n: int) -> torch.Tensor:
-        return torch.randint(0, LEVELS, (n, 1, 8, 8), device=self._device_anchor.device)
+    @torch.no_grad()
+    def sample(self, n: int, *, y: None = None) -> torch.Tensor:
+        """``(n, *shape)`` int64 levels, each pixel uniform on 0..L-1."""
+        n = checks.count(n)
+        checks.labels(y, n, 0)
+        x = torch.randint(0, self.levels, (n, *self.shape), device=module_device(self))
+        return checks.levels_out(x, self.levels)
 
 
 @dataclass
 class PixelMixtureConfig:
     num_components: int = 1  # K; K = 1 is the independent-pixel model
-    num_pixels: int = NUM_PIXELS
+    num_pixels: int = NUM_PIXELS  # D of square images: 64 (8x8 digits), 784 (28x28 MNIST)
     levels: int = LEVELS
+
+    def __post_init__(self) -> None:
+        square_image_shape(self.num_pixels)  # refuses a pixel count that is not s * s
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The shape of the digits the model takes: ``(1, s, s)`` with s² = ``num_pixels``."""
+        return square_image_shape(self.num_pixels)
 
 
 class PixelMixture(nn.Module):
-    r"""p(x) = \sum_k \pi_k \prod_d \mathrm{Cat}(x_d \mid \theta_{k,d}) (gradient ascent)."""
+    """p(x) = Σ_k π_k Π_d Cat(x_d; θ_{k,d}), fitted by gradient ascent on the log-likelihood."""
 
     def __init__(self, config: PixelMixtureConfig | None = None) -> None:
         super().__init__()
@@ -59,9 +92,10 @@ class PixelMixture(nn.Module):
 
     @classmethod
     def fit_counts(cls, x: torch.Tensor, alpha: float = 1.0) -> PixelMixture:
-        r"""Closed-form MLE of the independent-pixel model (K=1), with add-alpha smoothing:
-        \theta_{d,v} = (\#\{x_d = v\} + \alpha) / (N + 17\alpha)."""
+        """Closed-form MLE of the independent-pixel model (K=1) of 8x8 digits, with add-alpha
+        smoothing: θ_{d,v} = (#{x_d = v} + α) / (N + 17 α)."""
         x = validate_digits(x).flatten(1)  # (N, 64)
+        alpha = checks.real(alpha, "alpha", nonnegative=True)
         counts = F.one_hot(x, LEVELS).sum(0).double()  # (64, 17)
         probs = (counts + alpha) / (x.shape[0] + LEVELS * alpha)
         model = cls(PixelMixtureConfig(num_components=1))
@@ -69,30 +103,43 @@ class PixelMixture(nn.Module):
             model.pixel_logits.copy_(probs.log().float().unsqueeze(0))
         return model
 
+    def _levels(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw digits ``(N, 1, s, s)`` -> their checked int64 levels, flat: ``(N, D)``."""
+        c = self.config
+        return validate_digits(x, c.image_shape, c.levels).flatten(1)
+
     def component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x | k) for every component: ``(N, K)``."""
-        x = validate_digits(x).flatten(1)  # (N, D)
+        x = self._levels(x)  # (N, D)
         log_theta = self.pixel_logits.log_softmax(-1)  # (K, D, L)
         onehot = F.one_hot(x, self.config.levels).to(log_theta.dtype)  # (N, D, L)
         # log p(x|k) = sum_d log theta_{k,d,x_d}
         return torch.einsum("ndl,kdl->nk", onehot, log_theta)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) in nats per image: ``(N,)``."""
+    def log_prob(self, x: torch.Tensor, y: None = None) -> torch.Tensor:
+        """log p(x) = log Σ_k π_k p(x | k) in nats per image: ``(N,)``."""
+        log_p_k = self.component_log_probs(x)  # (N, K)
+        checks.labels(y, len(log_p_k), 0)
         log_pi = self.mix_logits.log_softmax(0)  # (K,)
-        return torch.logsumexp(log_pi + self.component_log_probs(x), dim=1)
+        return torch.logsumexp(log_pi + log_p_k, dim=1)
 
-    def loss(self, x: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood, nats per image, averaged over the batch."""
-        return -self.log_prob(x).mean()
+    def loss(self, x: torch.Tensor, y: None = None) -> torch.Tensor:
+        """Negative log-likelihood, nats per image, averaged over the batch (the same in train
+        and eval mode; no side effects)."""
+        return -self.log_prob(x, y).mean()
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """``(n, 1, 8, 8)`` int64: pick a component, then every pixel independently."""
+    def sample(self, n: int, *, y: None = None) -> torch.Tensor:
+        """``(n, 1, s, s)`` int64: pick a component, then every pixel independently."""
+        n = checks.count(n)
+        checks.labels(y, n, 0)
+        c = self.config
+        if n == 0:
+            return torch.zeros(0, *c.image_shape, dtype=torch.long, device=module_device(self))
         k = torch.multinomial(self.mix_logits.softmax(0), n, replacement=True)  # (n,)
         probs = self.pixel_logits.softmax(-1)[k]  # (n, D, L)
         pixels = torch.multinomial(probs.flatten(0, 1), 1).view(n, -1)  # (n, D)
-        return pixels.view(n, 1, 8, 8)
+        return checks.levels_out(pixels.view(n, *c.image_shape), c.levels)
 
 
 @dataclass
@@ -103,7 +150,7 @@ class GaussianMixtureConfig:
 
 
 class GaussianMixture(nn.Module):
-    r"""p(x) = \sum_k \pi_k \mathcal{N}(x \mid \mu_k, \mathrm{diag}(\sigma_k^2)), for 2D toys."""
+    """p(x) = Σ_k π_k N(x; μ_k, diag σ_k²), for the 2D toys."""
 
     def __init__(self, config: GaussianMixtureConfig | None = None) -> None:
         super().__init__()
@@ -115,31 +162,39 @@ class GaussianMixture(nn.Module):
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Place the means on K distinct random data points (a standard, robust start)."""
-        idx = torch.randperm(len(x), generator=generator)[: self.config.num_components]
+        x = checks.points(x, self.config.dim)
+        k = self.config.num_components
+        if len(x) < k:
+            raise ValueError(f"points must hold at least num_components = {k} points, got {len(x)}")
+        idx = torch.randperm(len(x), generator=generator)[:k]
         self.means.copy_(x[idx])
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] != self.config.dim:
-            raise ValueError(
-                f"Expected points of shape (N, {self.config.dim}), got {tuple(x.shape)}"
-            )
-        z = (x[:, None, :] - self.means) / self.log_stds.exp()  # (N, K, D)
-        # log N(x | mu, sigma^2) = -1/2 z^2 - log sigma - 1/2 log 2 pi, summed over dimensions
-        log_normal = (-0.5 * z**2 - self.log_stds - 0.5 * math.log(2 * math.pi)).sum(-1)  # (N, K)
+    def log_prob(self, x: torch.Tensor, y: None = None) -> torch.Tensor:
+        """log p(x) = log Σ_k π_k N(x; μ_k, diag σ_k²) of points ``(N, D)``: ``(N,)`` nats."""
+        x = checks.points(x, self.config.dim)
+        checks.labels(y, len(x), 0)
+        # log N(x; μ_k, diag σ_k²), log σ² = 2 log σ: (N, 1, D) against (K, D) -> (N, K)
+        log_normal = normal_log_prob(x[:, None, :], self.means, 2 * self.log_stds)
         return torch.logsumexp(self.mix_logits.log_softmax(0) + log_normal, dim=1)  # (N,)
 
-    def loss(self, x: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
-        return -self.log_prob(x).mean()
+    def loss(self, x: torch.Tensor, y: None = None) -> torch.Tensor:
+        """Negative log-likelihood per point, averaged (train and eval mode alike)."""
+        return -self.log_prob(x, y).mean()
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
+    def sample(self, n: int, *, y: None = None) -> torch.Tensor:
+        """``(n, D)`` points: pick a component k ~ π, then x = μ_k + σ_k ε, ε ~ N(0, I)."""
+        n = checks.count(n)
+        checks.labels(y, n, 0)
+        if n == 0:
+            return torch.zeros(0, self.config.dim, device=module_device(self))
         k = torch.multinomial(self.mix_logits.softmax(0), n, replacement=True)  # (n,)
-        eps = torch.randn(n, self.config.dim, device=self.means.device)
-        return self.means[k] + self.log_stds.exp()[k] * eps
+        eps = torch.randn(n, self.config.dim, device=module_device(self))
+        return checks.finite(self.means[k] + self.log_stds.exp()[k] * eps, "the samples")
 
 
 def train_reference(
-    *, checkpoint: str | None = None, progress: bool = True, seed: int = 0
+    *, checkpoint: str | Path | None = None, progress: bool = True, seed: int = 0
 ) -> tuple[PixelMixture, History]:
     """The introduction's reference model: a 20-component pixel mixture fitted by gradient ascent
     on the log-likelihood (Adam on the train split, early stopping on the validation split)."""

@@ -1,24 +1,24 @@
-r"""Restricted Boltzmann machines: energy, free energy, Gibbs sampling, CD/PCD, exact log Z and AIS.
+"""Restricted Boltzmann machines: energy, free energy, Gibbs sampling, CD/PCD, exact log Z and AIS.
 
-A Bernoulli-Bernoulli RBM over visible units :math:`v \in \{0,1\}^V` and hidden units
-:math:`h \in \{0,1\}^H` has the energy
+A Bernoulli-Bernoulli RBM over visible units v ∈ {0,1}^V and hidden units h ∈ {0,1}^H has the
+energy
 
-.. math:: E(v, h) = -v^\top W h - b^\top v - c^\top h, \qquad p(v, h) = e^{-E(v,h)} / Z.
+    E(v, h) = −vᵀ W h − bᵀ v − cᵀ h,        p(v, h) = e^{−E(v,h)} / Z.
 
-Summing out the hidden units gives the free energy
-:math:`F(v) = -b^\top v - \sum_j \operatorname{softplus}(c_j + v^\top W_{:,j})`, so
-:math:`\log p(v) = -F(v) - \log Z`. Both conditionals factorise:
-:math:`p(h_j = 1 \mid v) = \sigma(c_j + v^\top W_{:,j})` and
-:math:`p(v_i = 1 \mid h) = \sigma(b_i + W_{i,:} h)`.
+Summing out the hidden units gives the free energy F(v) = −bᵀ v − Σ_j softplus(c_j + vᵀ W_{:,j}),
+so log p(v) = −F(v) − log Z. Both conditionals factorise: p(h_j = 1 | v) = σ(c_j + vᵀ W_{:,j})
+and p(v_i = 1 | h) = σ(b_i + W_{i,:} h).
 
 The model sees the digits through the fixed binarization rule :func:`dgm_edu.data.binarize`
 (level >= 8 -> 1). :meth:`RBM.sample` returns binary images as raw levels 0 and 16, so
-``log_prob(sample(n))`` scores exactly the images that were drawn.
+``log_prob(sample(n))`` scores exactly the images that were drawn. The digits are square images of
+``num_visible`` = s² pixels (64: the 8x8 digits; 784: MNIST at 17 levels).
 
 Training: :meth:`RBM.loss` in train mode is a *surrogate* whose gradient is the CD-k (or PCD-k)
 estimate of the NLL gradient, ``mean F(v_data) - mean F(v_negative)`` with the negatives detached.
-Its value is not a likelihood. In eval mode ``loss`` returns the exact NLL, so the trainer's
-validation curve, early stopping and best-epoch restore all use the real likelihood.
+Its value is not a likelihood, and it advances the persistent chains (PCD). In eval mode ``loss``
+returns the exact NLL with no side effects, so the trainer's validation curve, early stopping and
+best-epoch restore all use the real likelihood. The RBM is unconditional: a label ``y`` is refused.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgm_edu.data import NUM_PIXELS, binarize, digits_loader, load_digits, validate_digits
-from dgm_edu.runtime import budget
+from dgm_edu import checks
+from dgm_edu.data import NUM_PIXELS, binarize, digits_loader, load_digits, square_image_shape
+from dgm_edu.densities import logmeanexp
+from dgm_edu.runtime import budget, module_device, seed_everything
 from dgm_edu.train import History, fit
 
 BINARY_LEVEL = 16  # a sampled "on" pixel is returned as this raw level (binarize(16) == 1)
@@ -78,10 +80,6 @@ def binary_states(
     return ((idx[:, None] >> bits) & 1).to(dtype)
 
 
-def _logmeanexp(x: torch.Tensor) -> float:
-    return float(torch.logsumexp(x, 0) - math.log(len(x)))
-
-
 class RBM(nn.Module):
     """A Bernoulli-Bernoulli RBM on binarized 8x8 digits, trained by CD-k or PCD-k."""
 
@@ -100,23 +98,23 @@ class RBM(nn.Module):
 
     # ------------------------------------------------------------------ energies
     def energy(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        r"""E(v, h) = -v^T W h - b^T v - c^T h for binary ``v (N, V)``, ``h (N, H)``: ``(N,)``."""
+        """E(v, h) = −vᵀ W h − bᵀ v − cᵀ h for binary ``v (N, V)``, ``h (N, H)``: ``(N,)``."""
         return -((v @ self.W) * h).sum(-1) - v @ self.b - h @ self.c
 
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
-        r"""F(v) = -\log \sum_h e^{-E(v,h)} = -b^T v - \sum_j softplus(c_j + v^T W_{:,j}); ``(N,)``.
+        """F(v) = −log Σ_h e^{−E(v,h)} = −bᵀ v − Σ_j softplus(c_j + vᵀ W_{:,j}): ``(N,)``.
 
-        Then p(v) = e^{-F(v)} / Z: the hidden units are summed out in closed form.
+        Then p(v) = e^{−F(v)} / Z: the hidden units are summed out in closed form.
         """
         return -(v @ self.b) - F.softplus(v @ self.W + self.c).sum(-1)
 
     # ------------------------------------------------------------------ conditionals and Gibbs
     def p_h_given_v(self, v: torch.Tensor) -> torch.Tensor:
-        r"""p(h_j = 1 | v) = \sigma(c_j + v^T W_{:,j}): ``(N, V) -> (N, H)``."""
+        """p(h_j = 1 | v) = σ(c_j + vᵀ W_{:,j}): ``(N, V) -> (N, H)``."""
         return torch.sigmoid(v @ self.W + self.c)
 
     def p_v_given_h(self, h: torch.Tensor) -> torch.Tensor:
-        r"""p(v_i = 1 | h) = \sigma(b_i + W_{i,:} h): ``(N, H) -> (N, V)``."""
+        """p(v_i = 1 | h) = σ(b_i + W_{i,:} h): ``(N, H) -> (N, V)``."""
         return torch.sigmoid(h @ self.W.T + self.b)
 
     @torch.no_grad()
@@ -138,21 +136,31 @@ class RBM(nn.Module):
         return v
 
     # ------------------------------------------------------------------ the face
-    def _visible(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw digits ``(N, 1, 8, 8)`` -> binary visible vectors ``(N, 64)`` (params' dtype)."""
-        return binarize(x).flatten(1).to(self.W.dtype)
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The shape ``(1, s, s)`` of the digits this RBM takes, s² = ``num_visible``."""
+        return square_image_shape(self.config.num_visible)
 
-    def loss(self, x: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
-        r"""Train mode: the CD/PCD surrogate; eval mode: the exact (or AIS) NLL, nats per image.
+    def _visible(self, x: torch.Tensor, y: None = None) -> torch.Tensor:
+        """Raw digits ``(N, 1, s, s)`` -> binary visible vectors ``(N, V)`` (params' dtype)."""
+        v = binarize(x, self.image_shape).flatten(1).to(self.W.dtype)
+        checks.labels(y, len(v), 0)  # unconditional: refuses a label
+        return v
 
-        The NLL gradient is :math:`E_{data}[\nabla F(v)] - E_{model}[\nabla F(v)]`. CD-k replaces
-        the model expectation by chains started at the data and run k steps; PCD-k continues the
-        persistent chains by k steps. ``F(v_data).mean() - F(v_neg).mean()`` with ``v_neg``
-        detached has exactly that gradient, but its value is not a likelihood.
+    def loss(self, x: torch.Tensor, y: None = None) -> torch.Tensor:
+        """Train mode: the CD/PCD surrogate; eval mode: the exact (or AIS) NLL, nats per image.
+
+        The NLL gradient is E_data[∇F(v)] − E_model[∇F(v)]. CD-k replaces the model expectation
+        by chains started at the data and run k steps; PCD-k continues the persistent chains by k
+        steps. ``F(v_data).mean() - F(v_neg).mean()`` with ``v_neg`` detached has exactly that
+        gradient, but its value is not a likelihood.
+
+        Side effects in train mode: the k Gibbs sweeps draw random numbers and, with PCD, move
+        the persistent chains (the ``chains`` buffer). Eval mode has none.
         """
         if not self.training:
-            return -self.log_prob(x).mean()
-        return self.contrastive_loss(self._visible(validate_digits(x)))
+            return -self.log_prob(x, y).mean()
+        return self.contrastive_loss(self._visible(x, y))
 
     def contrastive_loss(self, v0: torch.Tensor) -> torch.Tensor:
         """The CD-k / PCD-k surrogate for binary data ``v0 (N, V)``: a scalar.
@@ -166,15 +174,16 @@ class RBM(nn.Module):
         # grad = E_data[grad F] - E_neg[grad F]  ~=  grad of the NLL, F(v) + log Z
         return self.free_energy(v0).mean() - self.free_energy(v_neg).mean()
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) = -F(v) - log Z of the binarized digits ``(N, 1, 8, 8)``: ``(N,)`` nats.
+    def log_prob(self, x: torch.Tensor, y: None = None) -> torch.Tensor:
+        """log p(x) = −F(v) − log Z of the binarized digits ``(N, 1, s, s)``: ``(N,)`` nats.
 
         log Z is exact (hidden enumeration) when ``num_hidden <= max_exact_hidden``; otherwise it
         is an AIS estimate (:meth:`ais_log_partition`, a stochastic estimate that tends to
         *under*-estimate log Z, so the reported log-likelihood is then optimistic).
+        Gradients flow through −F(v) (log Z is a constant here: it is computed without them).
         On the ``meta`` device (shape checks only) log Z is not computed.
         """
-        v = self._visible(validate_digits(x))
+        v = self._visible(x, y)
         if v.is_meta:
             return -self.free_energy(v)
         # float32/float64 even under torch.autocast: a bf16 free energy is off by tenths of a nat
@@ -183,14 +192,25 @@ class RBM(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, n: int, steps: int = 1000, generator: torch.Generator | None = None
+        self,
+        n: int,
+        *,
+        y: None = None,
+        steps: int = 1000,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """``n`` images ``(n, 1, 8, 8)`` int64, levels 0 or 16, after ``steps`` Gibbs sweeps."""
+        """``n`` images ``(n, 1, s, s)`` int64, levels 0 or 16, after ``steps`` >= 1 Gibbs sweeps
+        from uniform noise (``steps=0`` would return the noise itself, so it is refused)."""
+        n = checks.count(n)
+        checks.labels(y, n, 0)
+        steps = checks.steps(steps)
+        shape = self.image_shape
         v = torch.bernoulli(
-            torch.full((n, self.config.num_visible), 0.5, device=self.W.device), generator=generator
+            torch.full((n, self.config.num_visible), 0.5, device=module_device(self)),
+            generator=generator,
         )
         v = self.gibbs_chain(v, steps, generator)
-        return (v * BINARY_LEVEL).long().view(n, 1, 8, 8)
+        return checks.levels_out((v * BINARY_LEVEL).long().view(n, *shape))
 
     # ------------------------------------------------------------------ the partition function
     @torch.no_grad()
@@ -203,18 +223,16 @@ class RBM(nn.Module):
             if c.num_hidden <= c.max_exact_hidden:
                 value = self.exact_log_partition()
             else:
-                gen = torch.Generator(device=self.W.device).manual_seed(0)
+                gen = torch.Generator(device=module_device(self)).manual_seed(0)
                 value = self.ais_log_partition(c.ais_betas, c.ais_runs, generator=gen).log_z
             self._log_z_cache = (key, value)
         return self._log_z_cache[1]
 
     @torch.no_grad()
     def exact_log_partition(self, chunk: int = 2**14) -> float:
-        r"""log Z by enumerating the 2^H hidden states (float64, in chunks):
+        """log Z by enumerating the 2^H hidden states (float64, in chunks):
 
-        .. math::
-            \log Z = \log \sum_h \exp\big(c^\top h
-                      + \sum_i \operatorname{softplus}(b_i + W_{i,:} h)\big).
+        log Z = log Σ_h exp(cᵀ h + Σ_i softplus(b_i + W_{i,:} h)).
         """
         H = self.config.num_hidden
         W, b, c = (p.detach().double() for p in (self.W, self.b, self.c))
@@ -226,9 +244,9 @@ class RBM(nn.Module):
         return float(torch.logsumexp(torch.stack(parts), 0))
 
     def _log_f(self, v: torch.Tensor, beta: float) -> torch.Tensor:
-        r"""Unnormalised log-marginal of the AIS path at inverse temperature \beta: ``(N,)``.
+        """Unnormalised log-marginal of the AIS path at inverse temperature β: ``(N,)``.
 
-        log f(v; beta) = (1 - beta) b_A.v + beta b.v + sum_j softplus(beta (c_j + v.W_j))
+        log f(v; β) = (1 − β) b_A·v + β b·v + Σ_j softplus(β (c_j + v·W_j))
         """
         lin = v @ ((1 - beta) * self.base_logits + beta * self.b)
         return lin + F.softplus(beta * (v @ self.W + self.c)).sum(-1)
@@ -237,16 +255,21 @@ class RBM(nn.Module):
     def ais_log_partition(
         self, num_betas: int = 1000, num_runs: int = 100, generator: torch.Generator | None = None
     ) -> AISEstimate:
-        r"""Annealed importance sampling (Neal 2001; Salakhutdinov & Murray 2008) for log Z.
+        """Annealed importance sampling (Neal 2001; Salakhutdinov & Murray 2008) for log Z.
 
         Base p_0: independent Bernoulli visibles with logits ``base_logits`` (times 2^H hidden
         states that do not interact), so log Z_0 = sum_i softplus(b_{A,i}) + H log 2. The path
         f_beta (see :meth:`_log_f`) moves from p_0 at beta = 0 to the RBM at beta = 1; each run
         accumulates log w = sum_k [log f_{beta_k}(v_{k-1}) - log f_{beta_{k-1}}(v_{k-1})] and then
         takes one Gibbs sweep that leaves p_{beta_k} invariant. E[w] = Z / Z_0.
+
+        The error bars are log(Ẑ (1 ∓ 3 s)), s = sd(w / mean w) / √R the relative standard error
+        of the mean weight (the lower one is −inf when 3 s >= 1).
         """
+        num_betas = checks.integer(num_betas, "num_betas", low=1)
+        num_runs = checks.integer(num_runs, "num_runs", low=2)
         betas = torch.linspace(0.0, 1.0, num_betas + 1).tolist()
-        dev = self.W.device
+        dev = module_device(self)
         base = self.base_logits
         p0 = torch.sigmoid(base).expand(num_runs, -1).contiguous()  # (R, V)
         v = torch.bernoulli(p0, generator=generator)  # exact samples of p_0
@@ -259,7 +282,7 @@ class RBM(nn.Module):
             logits = (1 - b_next) * base + b_next * (h @ self.W.T + self.b)
             v = torch.bernoulli(torch.sigmoid(logits), generator=generator)
         log_z0 = float(F.softplus(base.double()).sum()) + self.config.num_hidden * math.log(2)
-        log_mean = _logmeanexp(log_w)
+        log_mean = float(logmeanexp(log_w))  # log (1/R) Σ_r w_r
         # standard error of the mean weight, relative to the mean: sd(w / mean w) / sqrt(R)
         rel = float((log_w - log_mean).exp().std()) / math.sqrt(num_runs)
         low = math.log(1 - 3 * rel) if rel < 1 / 3 else -math.inf
@@ -270,9 +293,10 @@ class RBM(nn.Module):
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor, alpha: float = 1.0) -> RBM:
-        r"""Set the visible biases (and the AIS base) to the smoothed log-odds of the data:
-        b_i = \log (n_i + \alpha) / (N - n_i + \alpha) (Hinton's practical guide)."""
-        v = self._visible(validate_digits(x))
+        """Set the visible biases (and the AIS base) to the smoothed log-odds of the data:
+        b_i = log (n_i + α) / (N − n_i + α), n_i the images with pixel i on (Hinton's guide)."""
+        v = self._visible(x)
+        alpha = checks.real(alpha, "alpha", positive=True)  # 0 would give -inf biases
         on = v.sum(0)
         logits = ((on + alpha) / (len(v) - on + alpha)).log()
         self.b.copy_(logits)
@@ -281,11 +305,11 @@ class RBM(nn.Module):
 
     @torch.no_grad()
     def pseudo_log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Besag's pseudo-log-likelihood \sum_i \log p(v_i | v_{-i}), every pixel: ``(N,)``.
+        """Besag's pseudo-log-likelihood Σ_i log p(v_i | v_{−i}), every pixel: ``(N,)``.
 
-        p(v_i | v_{-i}) = \sigma(F(v with bit i flipped) - F(v)) needs no log Z.
+        p(v_i | v_{−i}) = σ(F(v with bit i flipped) − F(v)) needs no log Z.
         """
-        v = self._visible(validate_digits(x))  # (N, V)
+        v = self._visible(x)  # (N, V)
         fv = self.free_energy(v)  # (N,)
         eye = torch.eye(v.shape[1], dtype=v.dtype, device=v.device)  # (V, V)
         flipped = (v[:, None, :] - eye).abs()  # (N, V, V): row i has bit i flipped
@@ -312,7 +336,7 @@ def train_reference(
 
     Validation loss is the exact NLL, so ``fit`` keeps the epoch with the best validation NLL.
     """
-    torch.manual_seed(seed)
+    seed_everything(seed)
     epochs = budget(fast=8, full=100)
     config = RBMConfig(num_hidden=budget(fast=16, full=20), k=1, persistent=True, num_chains=100)
     model = RBM(config).init_from_data(load_digits("train")[0])

@@ -111,6 +111,18 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def module_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model: that of its first parameter, else its first buffer, else cpu.
+
+    The one way every family finds where to put the tensors it creates (noise, labels, chains).
+    """
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch Generator seeded the same way."""
     random.seed(seed)

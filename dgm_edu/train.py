@@ -1,57 +1,103 @@
 """The one training loop that every chapter uses, on one process or many.
 
-A model wears the library's face: ``loss(*batch)`` returns the scalar objective of a batch. The
-loop moves batches to the device, steps the optimizer, evaluates on validation data, stops early,
-and checkpoints after every epoch so that an interrupted run resumes where it stopped and ends with
-the same weights as an uninterrupted one.
+A model wears the library's face: ``loss(*batch)`` returns the scalar objective of a batch.
+:func:`fit` moves batches to the device, steps the optimizer, evaluates on validation data, keeps
+the best epoch, stops early, and checkpoints after every epoch, so that an interrupted run resumes
+where it stopped and ends with the same weights as an uninterrupted one. The checkpoint format is
+:mod:`dgm_edu.checkpoints`; running under ``torchrun`` (and ``torch.compile``) is
+:mod:`dgm_edu.distributed`. Every setting is checked where it enters (:class:`TrainConfig`).
+
+What ``loss`` means in eval mode, for every family: the loss in eval mode is the validation
+objective: the same quantity as in training, with no side effects (no parameter, buffer or chain
+updates); fit selects the best epoch on it. (A GAN's is its discriminator's loss, a diagnostic of
+the game rather than of sample quality, so GANs train with ``restore_best=False``.)
+
+Validation runs under ``torch.no_grad()``. A loss that needs gradients with respect to its input
+(score matching through autograd, a Langevin step) says so with the class attribute
+``needs_input_grad = True``: validation then runs under ``torch.enable_grad()`` with the
+parameters frozen for its duration, so ``torch.autograd.grad(out, x)`` works while no parameter
+gradient is computed, accumulated or kept.
 
 Models with more than one optimizer (GANs) extend the loop in one way: they define
-``train_step(batch, optimizers) -> dict[str, float]`` and the loop calls it instead of the default
-step. Everything else (devices, checkpoints, progress, early stopping) stays the same.
-
-Scaling up. The same :func:`fit` runs under ``torchrun``: when ``torch.distributed`` is initialised
-(see :func:`init_distributed`), the loss is wrapped in ``DistributedDataParallel``, every loader is
-re-sharded with a ``DistributedSampler`` that keeps the *global* batch size (each of W processes
-gets ``batch_size // W`` examples), validation losses are summed over all processes so that early
-stopping agrees everywhere, and only rank 0 writes checkpoints and shows progress.
+``train_step(batch, optimizers) -> dict[str, float]``, which the loop calls instead of its default
+step, with a dict of optimizers, one per player (the keys listed in ``optimizer_names`` when the
+model declares it). Devices, checkpoints, progress and early stopping stay the same.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import copy
 import math
-import os
+import numbers
+import shutil
+import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import (
-    DataLoader,
-    DistributedSampler,
-    RandomSampler,
-    Sampler,
-    SequentialSampler,
-)
 from tqdm.auto import tqdm
 
-from dgm_edu.runtime import get_device, seed_everything
+from dgm_edu import checks, distributed
+from dgm_edu.checkpoints import (
+    CheckpointError,
+    claim_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    restore_training_state,
+    run_settings,
+    save_checkpoint,
+    save_training_state,
+)
+from dgm_edu.data import make_loader, toy_2d
+from dgm_edu.distributed import dist_info, init_distributed, is_main_process, shard_loader
+from dgm_edu.runtime import seed_everything
+
+__all__ = [  # the checkpoint and multi-process names are re-exported: they used to live here
+    "CheckpointError",
+    "History",
+    "TrainConfig",
+    "dist_info",
+    "fit",
+    "fit_stages",
+    "fit_toy",
+    "init_distributed",
+    "is_main_process",
+    "load_checkpoint",
+    "load_model_state",
+    "save_checkpoint",
+    "shard_loader",
+]
 
 Optimizers = torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer]
+Batch = tuple[torch.Tensor, ...]
 EMPTY_LOADER = "The training loader yielded no batches: expected a non-empty data set"
 EMPTY_VAL = "The validation loader yielded no batches: expected a non-empty data set"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _whole_epochs(value: object) -> int:
+    """An int ≥ 0, or a float holding one (3.0 → 3); bools and 2.5 are refused."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral | bool):
+        if not (math.isfinite(value) and float(value).is_integer()):
+            raise ValueError(f"epochs must be a whole number >= 0, got {value}")
+        value = int(value)
+    return checks.integer(value, "epochs", low=0)
 
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (pass overrides to :func:`fit` as keywords)."""
+    """Settings of one training run (pass overrides to :func:`fit` as keywords).
+
+    Checked here, where they enter: ``epochs`` a whole number ≥ 0 (3.0 is taken as 3; 2.5 and
+    bools are refused), ``patience`` None or an int ≥ 1, ``grad_clip`` None or a finite number > 0
+    (−1 would ascend the loss, 0 would learn nothing), ``amp`` None, "bf16" or "fp16".
+    """
 
     epochs: int = 10
     patience: int | None = None  # stop after this many epochs without a better val loss
@@ -66,6 +112,15 @@ class TrainConfig:
     desc: str = "train"
     compile: bool | str = False  # torch.compile the loss: True (inductor) or a backend name
     find_unused_parameters: bool = False  # DDP only: set when loss() leaves some parameters unused
+
+    def __post_init__(self) -> None:
+        self.epochs = _whole_epochs(self.epochs)
+        if self.patience is not None:
+            self.patience = checks.integer(self.patience, "patience", low=1)
+        if self.grad_clip is not None:
+            self.grad_clip = checks.real(self.grad_clip, "grad_clip", positive=True)
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise ValueError(f"Unknown amp {self.amp!r}: expected None, 'bf16' or 'fp16'")
 
 
 @dataclass
@@ -84,261 +139,69 @@ class History:
         return len(self.train_loss)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read, or that belongs to another model."""
+@dataclass
+class _Run:
+    """The loop's state between epochs: what a checkpoint saves besides the weights."""
+
+    hist: History = field(default_factory=History)
+    epoch: int = 0  # the next epoch to train
+    bad_epochs: int = 0  # epochs since the best validation loss
+    best_state: dict[str, torch.Tensor] | None = None
 
 
-# --------------------------------------------------------------------------- checkpoints
-def _digest(obj: Any) -> str:
-    """sha256 over every tensor's bytes, dtype and shape, and every other leaf's repr."""
-    h = hashlib.sha256()
-
-    def walk(o: Any) -> None:
-        if isinstance(o, torch.Tensor):
-            t = o.detach().cpu().contiguous().reshape(-1)
-            h.update(f"T{t.dtype}{tuple(o.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes())
-        elif isinstance(o, Mapping):
-            h.update(b"{")
-            for k in sorted(o, key=str):
-                h.update(repr(k).encode())
-                walk(o[k])
-            h.update(b"}")
-        elif isinstance(o, list | tuple):
-            h.update(b"[")
-            for v in o:
-                walk(v)
-            h.update(b"]")
-        else:
-            h.update(repr(o).encode())
-
-    walk(obj)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(file)`` into a temporary file, flush it to disk, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: a reader sees the old file or the new one
-    finally:
-        if tmp.exists():  # the write failed part-way: leave the old file as it was
-            tmp.unlink()
-
-
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Save ``payload`` (state_dicts, tensors, numbers) atomically: temp file, then rename.
-
-    A sha256 digest of the contents is stored with them; :func:`load_checkpoint` checks it, so a
-    file whose bytes were changed after saving is refused rather than loaded with wrong weights.
-    """
-    sealed = {**payload, "sha256": _digest(payload)}
-    _atomic_write(Path(path), lambda f: torch.save(sealed, f))
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``: no pickled code runs) and verify it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, tampered, or a pickle that weights_only refuses
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"Cannot load checkpoint {path}: expected a file saved by "
-            f"dgm_edu.train.save_checkpoint (state_dicts only); it is truncated, tampered with or "
-            f"unsafe ({first})"
-        ) from None
-    if isinstance(state, dict) and "sha256" in state:
-        saved = state.pop("sha256")
-        if saved != _digest(state):
-            raise CheckpointError(
-                f"Checkpoint {path} failed its integrity check: the sha256 of its contents does "
-                f"not match the digest saved with them; expected an unmodified file written by "
-                f"dgm_edu.train.save_checkpoint (it was tampered with or corrupted)"
-            )
-    return state
-
-
-def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "") -> None:
-    """``model.load_state_dict`` with an error that says which keys or shapes do not match."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"Checkpoint {source} does not match {type(model).__name__}: "
-            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, "
-            f"shape mismatches {shapes[:5]}; expected a checkpoint of this model and config"
-        )
-    model.load_state_dict(state)
-
-
-_TRAINING_KEYS = ("model", "optimizers", "history", "epoch", "bad_epochs", "best_model", "rng_cpu")
-
-
-def _model_id(model: nn.Module) -> str:
-    return f"{type(model).__module__}.{type(model).__qualname__}"
-
-
-# --------------------------------------------------------------------------- distributed
-def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)``: ``(0, 1)`` unless ``torch.distributed`` is initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (and always without torch.distributed): the process that writes files."""
-    return dist_info()[0] == 0
-
-
-def init_distributed(backend: str = "auto") -> tuple[int, int]:
-    """Join the process group that ``torchrun`` describes in the environment; return ``(rank, W)``.
-
-    Without torchrun (no ``WORLD_SIZE`` in the environment) this does nothing and returns
-    ``(0, 1)``, so one script serves both. ``backend="auto"`` picks nccl on CUDA, gloo on CPU.
-    """
-    if "WORLD_SIZE" not in os.environ or not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized():
-        if backend == "auto":
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
-    return dist_info()
-
-
-class LossModule(nn.Module):
-    """``forward(*batch) = model.loss(*batch)``: the module that DDP and torch.compile wrap."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(*batch)
-
-
-class _Shard(Sampler[int]):
-    """Indices rank, rank + W, rank + 2W, ... in order, without padding (for evaluation)."""
-
-    def __init__(self, n: int, rank: int, world: int) -> None:
-        self.n, self.rank, self.world = n, rank, world
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n, self.world))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
-
-
-def shard_loader(loader: Iterable, *, seed: int = 0, evaluation: bool = False) -> Iterable:
-    """Re-shard a DataLoader over the processes of the group, keeping its *global* batch size.
-
-    Training loaders get a ``DistributedSampler`` (shuffled with ``seed`` + epoch when the loader
-    shuffled); evaluation loaders get every W-th example with no padding, so that summed losses
-    over ranks equal the single-process sum. A loader that is already sharded for this world size,
-    or anything that is not a map-style DataLoader, is returned as it is.
-    """
-    rank, world = dist_info()
-    if world == 1 or not isinstance(loader, DataLoader) or not hasattr(loader.dataset, "__len__"):
-        return loader
-    sampler = loader.sampler
-    if isinstance(sampler, DistributedSampler) and sampler.num_replicas == world:
-        return loader
-    if loader.batch_size is None:
-        raise ValueError(
-            "Cannot shard a DataLoader built with a custom batch_sampler across processes: "
-            "expected a DataLoader with batch_size set (and an optional DistributedSampler)"
-        )
-    if isinstance(sampler, RandomSampler):
-        shuffle = True
-    elif isinstance(sampler, DistributedSampler):
-        shuffle, seed = sampler.shuffle, sampler.seed
-    elif isinstance(sampler, SequentialSampler):
-        shuffle = False
-    else:
-        raise ValueError(
-            f"Cannot shard a DataLoader with a {type(sampler).__name__} across processes: expected "
-            f"shuffle=True/False or a DistributedSampler"
-        )
-    batch = loader.batch_size
-    if evaluation:
-        new_sampler: Sampler[int] = _Shard(len(loader.dataset), rank, world)
-    else:
-        if batch % world:
-            warnings.warn(
-                f"batch_size {batch} is not divisible by {world} processes: each takes "
-                f"{max(1, batch // world)}, so the global batch becomes "
-                f"{max(1, batch // world) * world}",
-                stacklevel=3,
-            )
-        batch = max(1, batch // world)
-        new_sampler = DistributedSampler(
-            loader.dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed
-        )
-    return DataLoader(
-        loader.dataset,
-        batch_size=batch,
-        sampler=new_sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last and not evaluation,
-        worker_init_fn=loader.worker_init_fn,
-    )
-
-
-def _average_gradient_hooks(model: nn.Module, world: int) -> list[Any]:
-    """For ``train_step`` models under DDP: average each gradient over ranks as it is accumulated.
-
-    The sum over ranks of (already averaged grad + new local grad) / W is the averaged grad plus
-    the new averaged grad, so a parameter used in several backward passes before its step (a GAN's
-    discriminator) still ends with the average of what each rank accumulated.
-    """
-
-    def hook(p: torch.Tensor) -> None:
-        dist.all_reduce(p.grad)
-        p.grad.div_(world)
-
-    return [
-        p.register_post_accumulate_grad_hook(hook) for p in model.parameters() if p.requires_grad
-    ]
-
-
-def _all_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few numbers over all ranks (identity on one process)."""
-    if dist_info()[1] == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-# --------------------------------------------------------------------------- the loop
-def _as_dict(optimizer: Optimizers) -> dict[str, torch.optim.Optimizer]:
+# --------------------------------------------------------------------------- checked inputs
+def _check_optimizers(model: nn.Module, optimizer: object) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer, or for a ``train_step`` model a dict with one per player."""
+    name, players = type(model).__name__, getattr(model, "optimizer_names", None)
+    has_step = getattr(model, "train_step", None) is not None
     if isinstance(optimizer, torch.optim.Optimizer):
+        if has_step:
+            keys = f" {tuple(players)}" if players else ""
+            raise TypeError(
+                f"optimizer must be a dict of optimizers, one per player{keys}, for "
+                f"{name}.train_step; got a single {type(optimizer).__name__}"
+            )
         return {"optimizer": optimizer}
+    if not isinstance(optimizer, Mapping) or not all(
+        isinstance(o, torch.optim.Optimizer) for o in optimizer.values()
+    ):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer or a dict of them, got "
+            f"{type(optimizer).__name__}"
+        )
+    if not has_step and len(optimizer) != 1:
+        raise ValueError(
+            f"{name} has no train_step(batch, optimizers), so fit expects exactly one "
+            f"optimizer, got {len(optimizer)}"
+        )
+    if has_step and players is not None and set(optimizer) != set(players):
+        raise ValueError(
+            f"optimizer must hold one optimizer per player of {name}: keys {sorted(players)}, "
+            f"got {sorted(optimizer)}"
+        )
     return dict(optimizer)
 
 
-def _autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
-    if amp is None:
-        return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in dtypes:
-        raise ValueError(f"Unknown amp {amp!r}: expected None, 'bf16' or 'fp16'")
-    return torch.autocast(device_type=device.type, dtype=dtypes[amp])
+def _batch(batch: object, loader: str) -> Batch:
+    """A batch as a tuple of tensors; any other kind is refused, naming the loader and the type."""
+    parts = (batch,) if isinstance(batch, torch.Tensor) else batch
+    if not isinstance(parts, tuple | list) or not parts:
+        kind = "an empty " if isinstance(parts, tuple | list) else ""
+        raise TypeError(
+            f"{loader} must yield tensors or tuples/lists of tensors, got {kind}"
+            f"{type(batch).__name__}"
+        )
+    for t in parts:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"{loader} must yield tensors or tuples/lists of tensors, got a "
+                f"{type(batch).__name__} holding {type(t).__name__}"
+            )
+    return tuple(parts)
+
+
+def _to(batch: object, device: torch.device, loader: str) -> Batch:
+    return tuple(t.to(device, non_blocking=True) for t in _batch(batch, loader))
 
 
 def _num_batches(loader: Iterable) -> int | None:
@@ -349,159 +212,146 @@ def _num_batches(loader: Iterable) -> int | None:
         return None
 
 
-def _to(batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
-    if isinstance(batch, torch.Tensor):
-        batch = (batch,)
-    return tuple(t.to(device, non_blocking=True) for t in batch)
+def _autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
-def _loss_sums(
-    model: nn.Module, loader: Iterable, device: torch.device, amp: str | None
-) -> tuple[float, int]:
-    total, count = 0.0, 0
-    for batch in loader:
-        batch = _to(batch, device)
-        with _autocast(device, amp):
-            loss = model.loss(*batch)
-        total += float(loss) * len(batch[0])
-        count += len(batch[0])
-    return total, count
-
-
-@torch.no_grad()
-def evaluate_loss(
+# --------------------------------------------------------------------------- one step
+def _make_step(
     model: nn.Module,
-    loader: Iterable,
-    device: str | torch.device = "auto",
-    amp: str | None = None,
-) -> float:
-    """Mean of ``model.loss`` over a loader, weighted by batch size, in eval mode."""
-    device = get_device(device)
-    was_training = model.training
-    model.eval()
-    try:
-        total, count = _loss_sums(model, loader, device, amp)
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("evaluate_loss got an empty loader: expected at least one batch")
-    return total / count
-
-
-class _CompiledOrEager:
-    """Call the compiled loss; if compiling fails, warn once and stay eager from then on."""
-
-    def __init__(self, compiled: Callable, eager: Callable) -> None:
-        self.compiled, self.eager, self.ok = compiled, eager, True
-
-    def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
-        if self.ok:
-            try:
-                return self.compiled(*batch)
-            except Exception as err:  # a backend that cannot compile here (no compiler, ...)
-                out = self.eager(*batch)  # a real error in the model raises here, eagerly
-                warnings.warn(
-                    f"torch.compile failed ({type(err).__name__}: {err}); "
-                    "training continues without it",
-                    stacklevel=2,
-                )
-                self.ok = False
-                return out
-        return self.eager(*batch)
-
-
-def _compile(module: nn.Module, option: bool | str) -> Callable:
-    backend = "inductor" if option is True else str(option)
-    compile_fn = getattr(torch, "compile", None)
-    if compile_fn is None:
-        warnings.warn("torch.compile is not available; training without it", stacklevel=3)
-        return module
-    try:
-        return _CompiledOrEager(compile_fn(module, backend=backend), module)
-    except Exception as err:
-        warnings.warn(
-            f"torch.compile is unavailable ({type(err).__name__}: {err}); training without it",
-            stacklevel=3,
-        )
-        return module
-
-
-def _default_step(
-    model: nn.Module,
-    loss_fn: Callable,
-    batch: tuple[torch.Tensor, ...],
     optimizers: dict[str, torch.optim.Optimizer],
     cfg: TrainConfig,
     device: torch.device,
-) -> dict[str, float]:
-    (opt,) = optimizers.values()
-    with _autocast(device, cfg.amp):
-        loss = loss_fn(*batch)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()  # under DDP the gradients are averaged over ranks here
-    if cfg.grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    return {"loss": loss.item()}
+    stack: contextlib.ExitStack,
+) -> Callable[[Batch], dict[str, float]]:
+    """``step(batch) -> logs``: the model's ``train_step``, or backward, clip, step on its loss."""
+    custom = getattr(model, "train_step", None)
+    if custom is not None:
+        if cfg.compile:
+            warnings.warn(
+                "compile applies to model.loss; a model with train_step compiles its own "
+                "parts, so fit trains it uncompiled",
+                stacklevel=3,
+            )
+        for hook in distributed.sync_train_step(model):  # gradient hooks under DDP
+            stack.callback(hook.remove)
 
+        def custom_step(batch: Batch) -> dict[str, float]:
+            with _autocast(device, cfg.amp):
+                return custom(batch, optimizers)
 
-def _resolve_device(device: str | torch.device, world: int) -> torch.device:
-    dev = get_device(device)
-    if world > 1 and dev.type == "cuda" and dev.index is None:  # one GPU per process
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
-    return dev
+        return custom_step
 
-
-def _restore(
-    state: dict[str, Any],
-    ckpt: Path,
-    model: nn.Module,
-    optimizers: dict[str, torch.optim.Optimizer],
-    scheduler: Any,
-    rank: int,
-) -> None:
-    missing = [k for k in _TRAINING_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"Checkpoint {ckpt} is not a training checkpoint written by dgm_edu.train.fit: "
-            f"missing {missing}; expected a file that fit(checkpoint=...) saved"
-        )
-    saved_id = state.get("model_class")
-    if saved_id is not None and saved_id != _model_id(model):
-        raise CheckpointError(
-            f"Checkpoint {ckpt} was saved from a {saved_id}, not a {_model_id(model)}: expected a "
-            f"checkpoint of this model (delete it or pass another path to train afresh)"
-        )
-    load_model_state(model, state["model"], str(ckpt))
-    if set(state["optimizers"]) != set(optimizers):
-        raise CheckpointError(
-            f"Checkpoint {ckpt} holds optimizers {sorted(state['optimizers'])}, expected "
-            f"{sorted(optimizers)}"
-        )
-    for name, opt in optimizers.items():
-        try:
-            opt.load_state_dict(state["optimizers"][name])
-        except (ValueError, KeyError) as err:
-            raise CheckpointError(
-                f"Checkpoint {ckpt}: optimizer {name!r} does not match ({err}); expected a "
-                f"checkpoint of this model and optimizer"
-            ) from None
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    per_rank = state.get("rng_ranks") or []
-    rng = (
-        per_rank[rank]
-        if rank < len(per_rank)
-        else {"cpu": state["rng_cpu"], "cuda": state.get("rng_cuda")}
+    loss_fn = distributed.wrap_loss(
+        model, device, compile=cfg.compile, find_unused_parameters=cfg.find_unused_parameters
     )
-    torch.set_rng_state(rng["cpu"])
-    if torch.cuda.is_available() and rng.get("cuda"):
-        if isinstance(rng["cuda"], list | tuple):
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        else:
-            torch.cuda.set_rng_state(rng["cuda"])
+    (opt,) = optimizers.values()
+
+    def default_step(batch: Batch) -> dict[str, float]:
+        with _autocast(device, cfg.amp):
+            loss = loss_fn(*batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # under DDP the gradients are averaged over ranks here
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # ‖g‖ ≤ grad_clip
+        opt.step()
+        return {"loss": loss.item()}
+
+    return default_step
 
 
+# --------------------------------------------------------------------------- one epoch
+def _train_epoch(
+    model: nn.Module,
+    step: Callable[[Batch], dict[str, float]],
+    loader: Iterable,
+    device: torch.device,
+    epoch: int,
+    hist: History,
+) -> None:
+    """Train one epoch; append the batch-size-weighted mean of each log to ``hist``."""
+    model.train()
+    world = dist_info()[1]
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)  # a DistributedSampler reshuffles with seed + epoch
+    sums: dict[str, float] = {}
+    count = 0
+    for i, raw in enumerate(loader):
+        batch = _to(raw, device, "train_loader")
+        logs = step(batch)
+        n, keys = len(batch[0]), sorted(logs)
+        if world > 1:  # global step means, so every rank sees the same numbers
+            tot = distributed.all_sum([float(logs[k]) * n for k in keys] + [float(n)], device)
+            n, logs = int(tot[-1]), {k: v / tot[-1] for k, v in zip(keys, tot)}
+        if not math.isfinite(logs["loss"]):
+            raise FloatingPointError(
+                f"Loss became {logs['loss']} at epoch {epoch} step {i}: lower the "
+                f"learning rate, set grad_clip, or check the input"
+            )
+        for k in keys:
+            sums[k] = sums.get(k, 0.0) + logs[k] * n
+        count += n
+    if count == 0:
+        raise ValueError(EMPTY_LOADER)
+    hist.train_loss.append(sums.pop("loss") / count)  # Σ_b n_b ℓ_b / Σ_b n_b
+    for k, v in sums.items():
+        hist.logs.setdefault(k, []).append(v / count)
+
+
+@contextlib.contextmanager
+def _validation_grad_mode(model: nn.Module) -> Iterator[None]:
+    """``no_grad``, or for ``needs_input_grad`` models ``enable_grad`` with frozen parameters."""
+    if not getattr(model, "needs_input_grad", False):
+        with torch.no_grad():
+            yield
+        return
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)  # gradients w.r.t. x only: nothing reaches p.grad
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _validate(model: nn.Module, loader: Iterable, device: torch.device, amp: str | None) -> float:
+    """The batch-size-weighted mean of ``model.loss`` in eval mode, over every process."""
+    total, count = 0.0, 0
+    model.eval()
+    try:
+        with _validation_grad_mode(model):
+            for raw in loader:
+                batch = _to(raw, device, "val_loader")
+                with _autocast(device, amp):
+                    loss = model.loss(*batch)
+                total += float(loss) * len(batch[0])
+                count += len(batch[0])
+    finally:
+        model.train()
+    total, n = distributed.all_sum([total, float(count)], device)
+    if n == 0:
+        raise ValueError(EMPTY_VAL)
+    return total / n
+
+
+def _early_stop(run: _Run, val: float, epoch: int, model: nn.Module, patience: int | None) -> bool:
+    """Record ``val``; keep the best weights; True once ``patience`` epochs brought no progress."""
+    hist = run.hist
+    hist.val_loss.append(val)
+    if val < hist.best_val:  # a tie does not move the best epoch
+        hist.best_val, hist.best_epoch, run.bad_epochs = val, epoch, 0
+        run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        run.bad_epochs += 1
+    return patience is not None and run.bad_epochs >= patience
+
+
+# --------------------------------------------------------------------------- the loop
 def fit(
     model: nn.Module,
     optimizer: Optimizers,
@@ -514,192 +364,181 @@ def fit(
 ) -> History:
     """Train ``model`` and return its :class:`History`.
 
-    ``optimizer`` is one optimizer, or a dict of them for models that define ``train_step``.
-    ``scheduler`` (optional) is stepped once per epoch. Keyword ``overrides`` update ``config``:
-    ``fit(model, opt, train_dl, val_dl, epochs=budget(fast=5, full=100), patience=10)``.
+    ``optimizer`` is one optimizer, or a dict of them (one per player) for models that define
+    ``train_step``. ``scheduler`` (optional) is stepped once per epoch. Keyword ``overrides``
+    update ``config``: ``fit(model, opt, train_dl, val_dl, epochs=budget(fast=5, full=100),
+    patience=10)``. With ``checkpoint=path`` the run saves after every epoch and resumes from the
+    file when it exists; a file of another model, config or settings is refused (see
+    :mod:`dgm_edu.checkpoints`), except for an explicit extension of ``epochs``.
 
     Under ``torchrun`` (after :func:`init_distributed`) the same call trains on every process with
     DistributedDataParallel; the loaders' batch sizes stay global batch sizes.
     """
-    cfg = replace(config or TrainConfig(), **overrides)
-    if cfg.epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {cfg.epochs}")
+    cfg = replace(config or TrainConfig(), **overrides)  # checks every setting
+    optimizers = _check_optimizers(model, optimizer)
     rank, world = dist_info()
-    device = _resolve_device(cfg.device, world)
+    device = distributed.process_device(cfg.device)
     if cfg.seed is not None:
         seed_everything(cfg.seed + rank)  # distinct noise per process; DDP syncs the weights
     model.to(device)
-    optimizers = _as_dict(optimizer)
-    custom_step = getattr(model, "train_step", None)
-    if custom_step is None and len(optimizers) != 1:
-        raise ValueError(
-            f"{type(model).__name__} has no train_step(batch, optimizers), so fit expects exactly "
-            f"one optimizer, got {len(optimizers)}"
-        )
-    if cfg.compile and custom_step is not None:
-        warnings.warn(
-            "compile applies to model.loss; a model with train_step compiles its own "
-            "parts, so fit trains it uncompiled",
-            stacklevel=2,
-        )
     train_loader = shard_loader(train_loader, seed=cfg.seed or 0)
     if val_loader is not None:
         val_loader = shard_loader(val_loader, evaluation=True)
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if isinstance(loader, Sequence) and len(loader) > 0:
+            _batch(loader[0], name)  # a list of batches is checked even when epochs=0
     if _num_batches(train_loader) == 0:
         raise ValueError(EMPTY_LOADER)
     if val_loader is not None and _num_batches(val_loader) == 0:
         raise ValueError(EMPTY_VAL)
+    settings = run_settings(
+        model, optimizers, scheduler,
+        epochs=cfg.epochs, grad_clip=cfg.grad_clip, amp=cfg.amp, patience=cfg.patience,
+    )  # fmt: skip
 
-    hist, start, bad_epochs, best_state = History(), 0, 0, None
+    run = _Run()
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
-    if ckpt is not None and cfg.resume and ckpt.exists():
-        state = load_checkpoint(ckpt)
-        _restore(state, ckpt, model, optimizers, scheduler, rank)
-        hist = History(**state["history"])
-        start, bad_epochs, best_state = state["epoch"], state["bad_epochs"], state["best_model"]
-
-    loss_fn: Callable = LossModule(model)
-    hooks: list[Any] = []
-    if world > 1:
-        if custom_step is None:
-            loss_fn = nn.parallel.DistributedDataParallel(
-                loss_fn,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=cfg.find_unused_parameters,
-            )  # broadcasts rank 0's weights
-        else:
-            for t in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(t.data, 0)
-            hooks = _average_gradient_hooks(model, world)
-    if cfg.compile and custom_step is None:
-        loss_fn = _compile(loss_fn, cfg.compile)
-
-    t0 = time.perf_counter() - hist.seconds
-    bar = tqdm(
-        range(start, cfg.epochs),
-        desc=cfg.desc,
-        disable=not cfg.progress or rank != 0,
-        initial=start,
-        total=cfg.epochs,
-        unit="epoch",
-    )
-    try:
-        for epoch in bar:
-            model.train()
-            sampler = getattr(train_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)  # a DistributedSampler reshuffles with seed + epoch
-            sums: dict[str, float] = {}
-            count = 0
-            for step, raw in enumerate(train_loader):
-                batch = _to(raw, device)
-                if custom_step is not None:
-                    with _autocast(device, cfg.amp):
-                        logs = custom_step(batch, optimizer)
-                else:
-                    logs = _default_step(model, loss_fn, batch, optimizers, cfg, device)
-                n = len(batch[0])
-                keys = sorted(logs)
-                if world > 1:  # global step means, so every rank sees the same numbers
-                    tot = _all_sum([float(logs[k]) * n for k in keys] + [float(n)], device)
-                    n, logs = int(tot[-1]), {k: v / tot[-1] for k, v in zip(keys, tot)}
-                if not math.isfinite(logs["loss"]):
-                    raise FloatingPointError(
-                        f"Loss became {logs['loss']} at epoch {epoch} step {step}: lower the "
-                        f"learning rate, set grad_clip, or check the input"
-                    )
-                for k in keys:
-                    sums[k] = sums.get(k, 0.0) + logs[k] * n
-                count += n
-            if count == 0:
-                raise ValueError(EMPTY_LOADER)
-            hist.train_loss.append(sums.pop("loss") / count)
-            for k, v in sums.items():
-                hist.logs.setdefault(k, []).append(v / count)
+    with contextlib.ExitStack() as stack:
+        if ckpt is not None:
+            claim_checkpoint(stack, ckpt, device)  # before the first epoch, not after it
+            if cfg.resume and ckpt.exists():
+                state = restore_training_state(
+                    ckpt, model=model, optimizers=optimizers, scheduler=scheduler,
+                    settings=settings,
+                )  # fmt: skip
+                run = _Run(
+                    History(**state["history"]), state["epoch"], state["bad_epochs"],
+                    state["best_model"],
+                )  # fmt: skip
+        step = _make_step(model, optimizers, cfg, device, stack)
+        bar = tqdm(
+            range(run.epoch, cfg.epochs), desc=cfg.desc, disable=not cfg.progress or rank != 0,
+            initial=run.epoch, total=cfg.epochs, unit="epoch",
+        )  # fmt: skip
+        stack.callback(bar.close)
+        t0 = time.perf_counter() - run.hist.seconds
+        stopped = cfg.patience is not None and run.bad_epochs >= cfg.patience
+        for epoch in bar if not stopped else ():  # an early-stopped run stays stopped
+            _train_epoch(model, step, train_loader, device, epoch, run.hist)
             if scheduler is not None:
                 scheduler.step()
-
-            postfix = {"train": f"{hist.train_loss[-1]:.3f}"}
+            postfix = {"train": f"{run.hist.train_loss[-1]:.3f}"}
             if val_loader is not None:
-                model.eval()
-                with torch.no_grad():
-                    total, n_val = _all_sum(
-                        list(_loss_sums(model, val_loader, device, cfg.amp)), device
-                    )
-                model.train()
-                if n_val == 0:
-                    raise ValueError(EMPTY_VAL)
-                val = total / n_val
-                hist.val_loss.append(val)
+                val = _validate(model, val_loader, device, cfg.amp)
+                stopped = _early_stop(run, val, epoch, model, cfg.patience)
                 postfix["val"] = f"{val:.3f}"
-                if val < hist.best_val:
-                    hist.best_val, hist.best_epoch, bad_epochs = val, epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad_epochs += 1
             bar.set_postfix(postfix)
-            hist.seconds = time.perf_counter() - t0
-            stop = cfg.patience is not None and bad_epochs >= cfg.patience
+            run.hist.seconds = time.perf_counter() - t0
             if ckpt is not None:
-                _save_training_state(
-                    ckpt,
-                    model,
-                    optimizers,
-                    scheduler,
-                    hist,
-                    cfg.epochs if stop else epoch + 1,
-                    bad_epochs,
-                    best_state,
-                )
-            if stop:
+                save_training_state(
+                    ckpt, model=model, optimizers=optimizers, scheduler=scheduler,
+                    settings=settings, history=asdict(run.hist),
+                    epoch=cfg.epochs if stopped else epoch + 1, bad_epochs=run.bad_epochs,
+                    best_model=run.best_state,
+                )  # fmt: skip
+            if stopped:
                 break
-    finally:
-        bar.close()
-        for h in hooks:
-            h.remove()
-    if cfg.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
-    return hist
+    if cfg.restore_best and run.best_state is not None:
+        model.load_state_dict(run.best_state)
+    return run.hist
 
 
-def _save_training_state(
-    ckpt: Path,
+# --------------------------------------------------------------------------- recipes on top
+def fit_toy(
     model: nn.Module,
-    optimizers: dict[str, Any],
-    scheduler: Any,
-    hist: History,
-    epoch: int,
-    bad_epochs: int,
-    best_state: Any,
-) -> None:
-    """Rank 0 writes the checkpoint (with every rank's RNG state) and its JSON history."""
-    rank, world = dist_info()
-    rng = {
-        "cpu": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-    }
-    ranks: list[Any] = [rng]
-    if world > 1:
-        ranks = [None] * world
-        dist.all_gather_object(ranks, rng)
-    if rank == 0:
-        save_checkpoint(
-            ckpt,
-            {
-                "model": model.state_dict(),
-                "model_class": _model_id(model),
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "history": asdict(hist),
-                "epoch": epoch,
-                "bad_epochs": bad_epochs,
-                "best_model": best_state,
-                "rng_cpu": rng["cpu"],
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "rng_ranks": ranks if world > 1 else [],
-            },
+    data: str | torch.Tensor,
+    *,
+    epochs: int | None = None,
+    steps: int | None = None,
+    n: int = 8192,
+    val: int | torch.Tensor | None = None,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    optimizer: Optimizers | None = None,
+    schedule: str | None = None,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    **fit_options: Any,
+) -> History:
+    """Fit ``model`` to 2D toy points with :func:`fit`: every chapter's toy demonstration.
+
+    ``data`` names a toy of :func:`dgm_edu.data.toy_2d` (``n`` points drawn with ``seed``), or is
+    an ``(N, 2)`` tensor of points. ``val`` adds validation points: a count drawn from the same
+    toy with ``seed + 1``, or a tensor. Give ``epochs`` or ``steps`` (optimizer steps, rounded up
+    to whole epochs of ⌈N / batch_size⌉ shuffled batches). ``optimizer`` defaults to
+    ``Adam(model.parameters(), lr)``; pass a dict, one per player, for a GAN, or the same
+    optimizers again to go on training in rounds. ``schedule="cosine"`` anneals the lr to 0 over
+    the run. Other keywords go to :func:`fit` (``device``, ``restore_best``, ``desc``, ...).
+    """
+    if (epochs is None) == (steps is None):
+        raise ValueError(f"fit_toy needs exactly one of epochs and steps, got {epochs=}, {steps=}")
+    if isinstance(data, str):
+        points = toy_2d(data, checks.count(n, "n"), seed=seed)
+    elif isinstance(data, torch.Tensor) and data.ndim == 2 and data.is_floating_point():
+        points = data
+    else:
+        what = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
+        raise TypeError(f"data must be a toy name or an (N, 2) float tensor of points, got {what}")
+    if isinstance(val, int) and not isinstance(val, bool):
+        if not isinstance(data, str):
+            raise TypeError(f"val must be a tensor of points when data is a tensor, got {val!r}")
+        val = toy_2d(data, checks.count(val, "val"), seed=seed + 1)
+    elif val is not None and not isinstance(val, torch.Tensor):
+        raise TypeError(
+            f"val must be None, a number of points of the toy, or a tensor, got {val!r}"
         )
-        text = json.dumps(asdict(hist), indent=1).encode()
-        _atomic_write(ckpt.with_suffix(".json"), lambda f: f.write(text))
-    if world > 1:
-        dist.barrier()  # no rank runs ahead of a checkpoint that is still being written
+    loader = make_loader(points, batch_size=checks.integer(batch_size, "batch_size", low=1))
+    if steps is not None:
+        epochs = math.ceil(checks.integer(steps, "steps", low=0) / len(loader))
+    epochs = _whole_epochs(epochs)
+    opt = torch.optim.Adam(model.parameters(), lr=lr) if optimizer is None else optimizer
+    sched = None
+    if schedule == "cosine":
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise ValueError("schedule='cosine' needs a single optimizer, got a dict of them")
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    elif schedule is not None:
+        raise ValueError(f"schedule must be None or 'cosine', got {schedule!r}")
+    val_loader = None if val is None else make_loader(val, batch_size=len(val), shuffle=False)
+    fit_options.setdefault("desc", f"toy-{data}" if isinstance(data, str) else "toy")
+    return fit(
+        model, opt, loader, val_loader, epochs=epochs, scheduler=sched, seed=seed,
+        checkpoint=checkpoint, progress=progress, **fit_options,
+    )  # fmt: skip
+
+
+def fit_stages(
+    make: Callable[..., tuple[nn.Module, History]],
+    stops: Sequence[int],
+    *,
+    checkpoint: str | Path | None,
+) -> list[tuple[int, nn.Module, History]]:
+    """Train one run up to each epoch count in ``stops`` in turn; return ``[(stop, model, hist)]``.
+
+    ``make(epochs=k, checkpoint=path) -> (model, history)`` is a recipe that trains into a
+    checkpoint, e.g. ``functools.partial(gan.train_reference, data="ring8")``. Stage k trains into
+    ``<stem>-e<stop><suffix>``, which starts as a copy of the previous stage's file, so ``fit``
+    resumes it as an explicit extension of ``epochs``: a re-run reloads each finished stage, and
+    the last stage has exactly the weights of one uninterrupted run. Each model returned is a
+    copy, so the stages stay apart even if ``make`` returns one object. ``checkpoint=None`` keeps
+    the stage files in a temporary directory, removed at the end. (A schedule tied to ``epochs``,
+    cosine with ``T_max = epochs``, anneals within each stage and is then stretched, see
+    :mod:`dgm_edu.checkpoints`: such a run differs from one planned for ``stops[-1]`` epochs.)
+    """
+    stops = [checks.integer(s, "stops", low=1) for s in stops]
+    if not stops or any(b <= a for a, b in zip(stops, stops[1:])):
+        raise ValueError(f"stops must be a non-empty list of increasing epoch counts, got {stops}")
+    with contextlib.ExitStack() as stack:
+        if checkpoint is None:
+            checkpoint = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "stages.pt"
+        base, previous, out = Path(checkpoint), None, []
+        for stop in stops:
+            path = base.with_name(f"{base.stem}-e{stop}{base.suffix}")
+            if not path.exists() and previous is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(previous, path)  # stage k continues stage k-1
+            model, hist = make(epochs=stop, checkpoint=path)
+            out.append((stop, copy.deepcopy(model), copy.deepcopy(hist)))
+            previous = path
+    return out

@@ -1,4 +1,4 @@
-r"""Variational autoencoders: a latent-variable model trained by the evidence lower bound (ELBO).
+"""Variational autoencoders: a latent-variable model trained by the evidence lower bound (ELBO).
 
 The model is p(x, z) = p(z) p(x | z) with a standard normal prior p(z) = N(0, I) and a decoder
 p(x | z) that is a product of 64 categoricals over the 17 grey levels, so that every bound below is
@@ -15,7 +15,8 @@ so the ELBO is a lower bound, and the importance-weighted bound (IWAE, Burda et 
 tightens it: L_1 = ELBO <= L_k <= L_{k+1} -> log p(x). ``log_prob`` returns L_k.
 
 - :class:`VAE`: convolutional encoder/decoder, beta as a config value, KL warm-up, and an optional
-  class condition (``num_classes > 0``: ``loss(x, y)``, ``sample(n, y=...)``).
+  class condition (``num_classes > 0``: ``loss(x, y)``, ``sample(n, y=...)``). It takes the 8x8
+  digits (the networks are built for 8x8; a 28x28 batch is refused by :func:`validate_digits`).
 - :func:`gaussian_kl`, :func:`reparameterize`: the two formulas the ELBO is made of.
 - :func:`active_units`: the posterior-collapse diagnostic of Burda et al.
 - :func:`train_vae`, :func:`train_reference`: the book's recipe.
@@ -31,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgm_edu.data import LEVELS, digits_loader, validate_digits
-from dgm_edu.runtime import budget
+from dgm_edu import checks
+from dgm_edu.data import IMAGE_SHAPE, LEVELS, digits_loader, to_unit, validate_digits
+from dgm_edu.densities import normal_log_prob
+from dgm_edu.runtime import budget, module_device, seed_everything
 from dgm_edu.train import History, fit
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
@@ -52,42 +53,38 @@ class VAEConfig:
 
 # --------------------------------------------------------------------------- the two formulas
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    r"""KL(N(mu, diag e^logvar) || N(0, I)) per row, summed over the last dim.
+    """KL(N(μ, diag e^logvar) || N(0, I)) per row, summed over the last dim.
 
-    KL = 1/2 \sum_j (\mu_j^2 + \sigma_j^2 - \log \sigma_j^2 - 1).
+    KL = ½ Σ_j (μ_j² + σ_j² − log σ_j² − 1).
     """
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(-1)
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, k: int | None = None) -> torch.Tensor:
-    r"""z = \mu + \sigma \odot \epsilon, \epsilon ~ N(0, I): a sample that is differentiable in
-    (mu, logvar). With ``k``, draw k samples per row: (k, B, D)."""
+    """z = μ + σ ⊙ ε, σ = exp(½ logvar), ε ~ N(0, I): a sample that is differentiable in
+    (μ, logvar). With ``k``, draw k samples per row: (k, B, D)."""
     shape = mu.shape if k is None else (k, *mu.shape)
     eps = torch.randn(shape, device=mu.device, dtype=mu.dtype)
     return mu + (0.5 * logvar).exp() * eps
 
 
-def normal_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    r"""\log N(z; mu, diag e^logvar), summed over the last dim."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
-
-
 def iwae_bound(
     log_joint, mu: torch.Tensor, logvar: torch.Tensor, k: int, chunk: int = 100
 ) -> torch.Tensor:
-    r"""The importance-weighted bound with a Gaussian proposal q = N(mu, diag e^logvar), (B,):
+    """The importance-weighted bound with a Gaussian proposal q = N(μ, diag e^logvar), (B,):
 
-    L_k = \log \frac{1}{k} \sum_{i=1}^k \frac{p(x, z_i)}{q(z_i | x)},  z_i ~ q,
+    L_k = log (1/k) Σ_{i=1}^k p(x, z_i) / q(z_i | x),   z_i ~ q,
 
     computed as a logsumexp for stability. ``log_joint(z)`` maps z (m, B, D) to log p(x, z) (m, B);
     the k samples are drawn ``chunk`` at a time to bound memory.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    k = checks.integer(k, "k", low=1)
+    chunk = checks.integer(chunk, "chunk", low=1)
     parts = []
     for start in range(0, k, chunk):
         z = reparameterize(mu, logvar, min(chunk, k - start))  # (m, B, D)
         parts.append(log_joint(z) - normal_log_prob(z, mu, logvar))  # (m, B) log weights
+    # log (1/k) Σ_i w_i; not densities.logmeanexp: the k weights come in chunks
     return torch.logsumexp(torch.cat(parts), 0) - math.log(k)
 
 
@@ -158,7 +155,7 @@ class Decoder(nn.Module):
 
 
 def categorical_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    r"""\log p(x | z) = \sum_{pixels} \log \mathrm{softmax}(logits)[x], in nats.
+    """log p(x | z) = Σ_pixels log softmax(logits)[x], in nats.
 
     logits (..., 17, 8, 8) and x (B, 1, 8, 8) -> (...,), summed over the 64 pixels.
     """
@@ -180,31 +177,38 @@ class VAE(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     # ---- helpers
-    def _onehot(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
-        if self.config.num_classes == 0:
-            if y is not None:
-                raise ValueError("This VAE is unconditional (num_classes=0): do not pass labels")
-            return None
+    def _onehot(self, y: torch.Tensor | int | None, n: int) -> torch.Tensor | None:
+        """Labels (an int or (n,) ints in [0, K), see checks.labels) -> one-hot (n, K) floats;
+        None for an unconditional VAE, which refuses labels."""
+        y = checks.labels(y, n, self.config.num_classes, module_device(self))
         if y is None:
-            raise ValueError("A conditional VAE needs labels y: call loss(x, y) / log_prob(x, y)")
-        if y.shape != (n,):
-            raise ValueError(f"Expected labels of shape ({n},), got {tuple(y.shape)}")
-        return F.one_hot(y.long(), self.config.num_classes).float()
+            if self.config.num_classes:
+                raise ValueError(
+                    "A conditional VAE needs labels y: call loss(x, y) / log_prob(x, y)"
+                )
+            return None
+        return F.one_hot(y, self.config.num_classes).float()
 
-    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def _digits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw digits, checked once where they enter: int64 levels (B, 1, 8, 8)."""
+        return validate_digits(x, IMAGE_SHAPE, self.config.levels)
+
+    def encode(
+        self, x: torch.Tensor, y: torch.Tensor | int | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Raw digits -> (mu, logvar) of q(z | x), each (B, D)."""
-        x = validate_digits(x)
-        return self.encoder(x.float() / (LEVELS - 1), self._onehot(y, len(x)))
+        x = self._digits(x)
+        return self.encoder(to_unit(x, self.config.levels), self._onehot(y, len(x)))
 
-    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Latents (..., B, D) -> logits (..., B, 17, 8, 8) of p(x | z)."""
         return self.decoder(z, self._onehot(y, z.shape[-2]))
 
     def kl_weight(self) -> float:
         """beta, ramped linearly from 0 over ``warmup_steps`` training steps."""
         c = self.config
-        if c.warmup_steps <= 0 or not self.training:
-            return c.beta
+        if c.warmup_steps <= 0 or not self.training or self.step.is_meta:
+            return c.beta  # (on the meta device, shapes only, the step count is unknown)
         return c.beta * min(1.0, (self.step.item() + 1) / c.warmup_steps)
 
     # ---- the objective
@@ -212,6 +216,7 @@ class VAE(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(reconstruction E_q[log p(x|z)] with one sample, KL(q(z|x) || p(z))), each (B,)."""
+        x = self._digits(x)
         mu, logvar = self.encode(x, y)  # (B, D) each
         z = reparameterize(mu, logvar)  # (B, D)
         rec = categorical_log_prob(self.decode(z, y), x)  # (B,)
@@ -223,7 +228,11 @@ class VAE(nn.Module):
         return rec - kl
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        r"""-(E_q[log p(x|z)] - w KL), averaged over the batch, w = beta (after warm-up)."""
+        """−(E_q[log p(x|z)] − w KL), averaged over the batch, w = β (after warm-up).
+
+        Side effect in train mode: the step counter (the ``step`` buffer, which drives the KL
+        warm-up) advances by one. In eval mode w = β and nothing changes (ε is still drawn).
+        """
         rec, kl = self.elbo_terms(x, y)
         w = self.kl_weight()
         if self.training:
@@ -231,11 +240,16 @@ class VAE(nn.Module):
         return -(rec - w * kl).mean()
 
     # ---- likelihood
-    @torch.no_grad()
     def log_prob(
         self, x: torch.Tensor, y: torch.Tensor | None = None, k: int = 100, chunk: int = 100
     ) -> torch.Tensor:
-        r"""The IWAE bound L_k per image (B,), nats, a lower bound on log P(x) (k = 1: the ELBO)."""
+        """The IWAE bound L_k per image (B,), nats, a lower bound on log P(x) (k = 1: the ELBO).
+
+        It keeps gradients, like every family's ``log_prob``: to evaluate, wrap the call in
+        ``torch.no_grad()`` (with k samples per image the graph is k times the ELBO's).
+        """
+        k = checks.integer(k, "k", low=1)
+        x = self._digits(x)
         mu, logvar = (t.float() for t in self.encode(x, y))  # (B, D)
 
         def log_joint(z: torch.Tensor) -> torch.Tensor:  # log p(x|z) + log p(z): (m, B)
@@ -246,48 +260,60 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The most likely level of each pixel under p(x | z = mu(x)): raw digits out."""
-        mu, _ = self.encode(x, y)
-        return self.decode(mu, y).argmax(-3, keepdim=True)
+        """The most likely level of each pixel under p(x | z = μ(x)): raw digits (B, 1, 8, 8)."""
+        mu, _ = self.encode(x, y)  # (B, D)
+        logits = checks.finite(self.decode(mu, y), "the decoder's logits")  # (B, 17, 8, 8)
+        return checks.levels_out(logits.argmax(-3, keepdim=True), self.config.levels)
 
     @torch.no_grad()
     def sample(
         self,
         n: int,
+        *,
         y: torch.Tensor | int | None = None,
         z: torch.Tensor | None = None,
         mode: bool = False,
     ) -> torch.Tensor:
         """n digits (n, 1, 8, 8) int64: z ~ N(0, I) (or the given z (n, D)), then x ~ p(x | z).
 
-        ``y``: a class (int) or labels (n,) for a conditional VAE (random classes when omitted).
-        ``mode=True`` shows the most likely level of each pixel instead of a sample.
+        ``y``: a class (int) or labels (n,) for a conditional VAE; without it the classes are
+        stratified, 0, 1, ..., K−1 in turn (a sample of p(x) with p(y) uniform). An unconditional
+        VAE refuses ``y``. ``mode=True`` shows the most likely level of each pixel instead.
         """
-        dev = self.step.device
+        n = checks.count(n)
+        c, dev = self.config, module_device(self)
+        y = checks.labels(y, n, c.num_classes, dev, stratify=True)
         if z is None:
-            z = torch.randn(n, self.config.latent_dim, device=dev)
-        if self.config.num_classes and y is None:
-            y = torch.randint(0, self.config.num_classes, (n,), device=dev)
-        if isinstance(y, int):
-            y = torch.full((n,), y, device=dev, dtype=torch.long)
+            z = torch.randn(n, c.latent_dim, device=dev)
+        elif not isinstance(z, torch.Tensor) or tuple(z.shape) != (n, c.latent_dim):
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must be a tensor of shape ({n}, {c.latent_dim}), got {got}")
+        if n == 0:
+            return torch.zeros(0, *IMAGE_SHAPE, dtype=torch.long, device=dev)
         logits = self.decode(z.to(dev), y).float()  # (n, 17, 8, 8)
+        logits = checks.finite(logits, "the decoder's logits")
         if mode:
-            return logits.argmax(1, keepdim=True)
-        probs = logits.softmax(1).permute(0, 2, 3, 1).reshape(-1, self.config.levels)
-        return torch.multinomial(probs, 1).view(n, 1, 8, 8)
+            x = logits.argmax(1, keepdim=True)
+        else:
+            probs = logits.softmax(1).permute(0, 2, 3, 1).reshape(-1, c.levels)  # (n 64, 17)
+            x = torch.multinomial(probs, 1).view(n, *IMAGE_SHAPE)
+        return checks.levels_out(x, c.levels)
 
 
 @torch.no_grad()
 def active_units(
     model: VAE, x: torch.Tensor, y: torch.Tensor | None = None, threshold: float = 0.01
 ) -> tuple[int, torch.Tensor]:
-    r"""Latent dims that the encoder uses (Burda et al. 2016): A_j = Cov_x(E_q[z_j | x]) > 0.01.
+    """Latent dims that the encoder uses (Burda et al. 2016): A_j = Cov_x(E_q[z_j | x]) > 0.01.
 
     A collapsed dim has q(z_j | x) = p(z_j) for every x, so its posterior mean does not vary.
-    Returns (number active, per-dim variance (D,)).
+    Returns (number active, per-dim variance (D,)). The encoder runs in eval mode (no dropout);
+    the model's mode is restored afterwards.
     """
+    was_training = model.training
     model.eval()
     mu, _ = model.encode(x, y)
+    model.train(was_training)
     var = mu.float().var(0)
     return int((var > threshold).sum()), var
 
@@ -309,7 +335,7 @@ def train_vae(
 
     Labels are fed to the model when ``config.num_classes > 0``. Cosine-annealed AdamW.
     """
-    torch.manual_seed(seed)
+    seed_everything(seed)
     model = VAE(config)
     labels = config.num_classes > 0
     train_dl = digits_loader("train", batch_size, labels=labels)

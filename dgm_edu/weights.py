@@ -246,7 +246,7 @@ def _text(kind: str) -> Callable:
 
 def _digit_flow(dequantization: str) -> Callable:
     def train(ck, progress):
-        from dgm_edu.flows import train_reference
+        from dgm_edu.digit_flow import train_reference
 
         model, hist = train_reference(
             dequantization=dequantization, checkpoint=ck, progress=progress
@@ -274,7 +274,8 @@ def _diffusion(ck, progress):
 
 def _toy_denoiser(kind: str) -> Callable:
     def train(ck, progress):
-        from dgm_edu.diffusion import Diffusion, DiffusionConfig, FlowMatching, train_toy
+        from dgm_edu.diffusion import Diffusion, DiffusionConfig, train_toy
+        from dgm_edu.flow_matching import FlowMatching
         from dgm_edu.runtime import budget
 
         cls = {"diffusion": Diffusion, "flow-matching": FlowMatching}[kind]

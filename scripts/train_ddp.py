@@ -13,7 +13,8 @@ DistributedDataParallel, shards the loaders with a DistributedSampler that keeps
 size, and lets rank 0 alone write the checkpoint. ``--family NAME`` runs
 ``dgm_edu.NAME.train_reference`` (the book's recipe); the default, ``pixel_mixture``, is a small
 recipe whose shuffling is seeded per epoch, so one process and N processes reach the same weights
-(the test in ``tests/test_distributed.py`` checks this).
+(``tests/test_distributed.py`` checks this through :func:`main`, adding the test-only
+two-optimizer recipe of ``tests/ddp_recipes.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -33,41 +35,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dgm_edu.data import load_digits  # noqa: E402
 from dgm_edu.mixtures import PixelMixture, PixelMixtureConfig  # noqa: E402
 from dgm_edu.runtime import seed_everything  # noqa: E402
-from dgm_edu.train import fit, init_distributed, is_main_process  # noqa: E402
+from dgm_edu.train import History, fit, init_distributed, is_main_process  # noqa: E402
+
+Recipe = Callable[[argparse.Namespace, str | None], tuple[torch.nn.Module, History]]
 
 
-class TwoOptimizerMixture(PixelMixture):
-    """The pixel mixture trained through ``train_step`` with two optimizers, the way a GAN is.
+def pixel_mixture(
+    args: argparse.Namespace,
+    checkpoint: str | None,
+    *,
+    model_cls: type[PixelMixture] = PixelMixture,
+    optimizers: Callable[[PixelMixture, Callable, float], object] | None = None,
+    desc: str = "pixel mixture",
+) -> tuple[torch.nn.Module, History]:
+    """A K-component pixel mixture whose loader's sampler shuffles with seed + epoch.
 
-    Adam is per-parameter, so stepping the mixing weights and the pixel logits with two Adams is
-    the same update as one Adam over both; under DDP fit averages the gradients with hooks.
+    ``optimizers(model, make_opt, lr)`` builds the optimizer(s): one over every parameter by
+    default; a ``model_cls`` with ``train_step`` takes a dict of them.
     """
-
-    def train_step(self, batch: tuple[torch.Tensor, ...], optimizers: dict) -> dict[str, float]:
-        loss = self.loss(*batch)
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers.values():
-            opt.step()
-        return {"loss": loss.item()}
-
-
-def pixel_mixture_recipe(
-    args: argparse.Namespace, step: str, checkpoint: str | None
-) -> tuple[torch.nn.Module, object]:
-    """A K-component pixel mixture; the loader's sampler shuffles with seed + epoch."""
     seed_everything(args.seed)  # the same initial weights on every rank (DDP broadcasts anyway)
-    cls = PixelMixture if step == "loss" else TwoOptimizerMixture
-    model = cls(PixelMixtureConfig(num_components=args.components))
+    model = model_cls(PixelMixtureConfig(num_components=args.components))
     make_opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[args.optimizer]
-    if step == "loss":
+    if optimizers is None:
         opt: object = make_opt(model.parameters(), lr=args.lr)
     else:
-        opt = {
-            "mix": make_opt([model.mix_logits], lr=args.lr),
-            "pixels": make_opt([model.pixel_logits], lr=args.lr),
-        }
+        opt = optimizers(model, make_opt, args.lr)
     data = torch.utils.data.TensorDataset(load_digits("train")[0])
     # A DistributedSampler with one replica is a seeded shuffle; fit re-shards it over the ranks
     # with the same seed, so the global batches are the same sets on 1 or N processes.
@@ -84,17 +76,28 @@ def pixel_mixture_recipe(
         device=args.device,
         checkpoint=checkpoint,
         progress=not args.quiet,
-        desc=f"pixel mixture ({step})",
+        desc=desc,
     )
     return model, hist
 
 
-def main(argv: list[str] | None = None) -> dict:
+RECIPES: dict[str, Recipe] = {"pixel_mixture": pixel_mixture}
+
+
+def main(argv: list[str] | None = None, recipes: Mapping[str, Recipe] | None = None) -> dict:
+    """Parse ``argv``, train each ``--family`` in turn, and (rank 0) report; return the report.
+
+    ``recipes`` adds named recipes ``recipe(args, checkpoint) -> (model, history)`` to
+    :data:`RECIPES` (the tests add a two-optimizer one).
+    """
+    recipes = {**RECIPES, **(recipes or {})}
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--family",
-        default="pixel_mixture",
-        help="pixel_mixture, or a dgm_edu module with train_reference (vae, flows, ...)",
+        nargs="+",
+        default=["pixel_mixture"],
+        help="pixel_mixture, or dgm_edu modules with train_reference (vae, digit_flow, ...); "
+        "several train one after the other",
     )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=100, help="global batch size")
@@ -112,13 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--fast", action="store_true", help="set DGM_EDU_FAST=1 (small budgets)")
     p.add_argument("--out", default=None, help="rank 0 writes the final state_dict here")
-    p.add_argument(
-        "--step",
-        default="loss",
-        choices=["loss", "train_step", "both"],
-        help="pixel_mixture only: train through model.loss (DDP wrapper), through a "
-        "two-optimizer train_step (gradient hooks), or both one after the other",
-    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.fast:
@@ -126,17 +122,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     rank, world = init_distributed(args.backend)
     results = {}
-    if args.family == "pixel_mixture":
-        for step in ["loss", "train_step"] if args.step == "both" else [args.step]:
-            ckpt = args.checkpoint
-            if ckpt and args.step == "both":  # one checkpoint per run: a.pt -> a-loss.pt, ...
-                ckpt = str(Path(ckpt).with_name(f"{Path(ckpt).stem}-{step}{Path(ckpt).suffix}"))
-            results[step] = pixel_mixture_recipe(args, step, ckpt)
-    else:
-        module = importlib.import_module(f"dgm_edu.{args.family}")
-        results[args.family] = module.train_reference(
-            checkpoint=args.checkpoint, progress=not args.quiet, seed=args.seed
-        )
+    for name in args.family:
+        ckpt = args.checkpoint
+        if ckpt and len(args.family) > 1:  # one checkpoint per run: a.pt -> a-vae.pt, ...
+            ckpt = str(Path(ckpt).with_name(f"{Path(ckpt).stem}-{name}{Path(ckpt).suffix}"))
+        if name in recipes:
+            results[name] = recipes[name](args, ckpt)
+        else:
+            module = importlib.import_module(f"dgm_edu.{name}")
+            results[name] = module.train_reference(
+                checkpoint=ckpt, progress=not args.quiet, seed=args.seed
+            )
     report = {}
     for name, (model, hist) in results.items():
         report[name] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from dgm_edu.autoregressive import (
     load_names,
     receptive_field,
 )
+from dgm_edu.data import LEVELS, load_digits
 
 PIXEL_MODELS = [PixelCNN, GatedPixelCNN]
 
@@ -191,3 +193,141 @@ def test_corpus_ships_and_round_trips():
     vocab = Vocab(words)
     ids = vocab.encode(words[:5], 13)
     assert [vocab.decode(row) for row in ids.clamp(min=0)] == words[:5]
+
+
+# --------------------------------------------------------------------------- the face (issue 24)
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    return load_digits("test")[0][:6]
+
+
+@pytest.mark.parametrize("cls", PIXEL_MODELS)
+def test_pixel_loss_is_minus_the_mean_log_prob(cls, digits):
+    # catches: the loss's sign dropped (training would maximise the NLL), a sum for the mean
+    torch.manual_seed(0)
+    model = cls(PixelCNNConfig(channels=8, num_layers=2)).eval()
+    lp = model.log_prob(digits)
+    assert (lp < 0).all()
+    assert model.loss(digits).item() == pytest.approx(-lp.mean().item(), rel=1e-6)
+    cond = cls(PixelCNNConfig(channels=8, num_layers=2, num_classes=10)).eval()
+    y = torch.arange(len(digits))
+    assert cond.loss(digits, y).item() == pytest.approx(-cond.log_prob(digits, y).mean().item())
+
+
+@pytest.mark.parametrize("cls", TEXT_MODELS)
+def test_text_loss_is_minus_the_mean_log_prob(cls):
+    # catches: CharModel.loss summing over the batch instead of averaging
+    torch.manual_seed(0)
+    vocab = Vocab(["ab", "ba", "abc"])
+    model = cls(CharConfig(vocab_size=len(vocab), max_len=5, dim=16, num_heads=2)).eval()
+    ids = vocab.encode(["ab", "cab", "c", "ba"], 5)
+    assert model.loss(ids).item() == pytest.approx(-model.log_prob(ids).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("cls", [PixelCNN, GatedPixelCNN, CharRNN, CharTransformer])
+def test_sample_arguments_are_checked(cls):
+    model = cls(PixelCNNConfig(channels=4, num_layers=1)) if cls in PIXEL_MODELS else cls()
+    cases = [
+        (dict(n=-1), ValueError, "n must be a non-negative int, got -1"),
+        (dict(n=2.0), TypeError, "n must be a non-negative int, got 2.0"),
+        (dict(n="3"), TypeError, "n must be a non-negative int, got '3'"),
+        (dict(n=2, temperature=0), ValueError, "temperature must be a finite number > 0, got 0.0"),
+        (dict(n=2, temperature=-1), ValueError, "temperature must be a finite number > 0, got -1"),
+        (dict(n=2, temperature=float("nan")), ValueError, "finite number > 0, got nan"),
+        (dict(n=2, y=1), ValueError, "y was given but this model is unconditional"),
+    ]
+    for kwargs, err, message in cases:
+        with pytest.raises(err, match=message):
+            model.sample(**kwargs)
+    with pytest.raises(TypeError, match="positional argument"):
+        model.sample(2, 0.5)  # temperature is keyword-only
+    empty = model.sample(0)
+    assert empty.shape[0] == 0 and empty.dtype == torch.int64
+    assert empty.shape[1:] == model.sample(1).shape[1:]
+
+
+@pytest.mark.parametrize("cls", PIXEL_MODELS)
+def test_labels_are_checked_where_they_enter(cls, digits):
+    x = digits[:2]
+    plain = cls(PixelCNNConfig(channels=4, num_layers=1))
+    for call in (lambda: plain.log_prob(x, torch.tensor([1, 2])), lambda: plain.loss(x, 1)):
+        with pytest.raises(ValueError, match="y was given but this model is unconditional"):
+            call()
+    cond = cls(PixelCNNConfig(channels=4, num_layers=1, num_classes=10))
+    in_range = re.escape("y must hold classes in [0, 10), got values in [3, 10]")
+    for call in (
+        lambda: cond.log_prob(x, torch.tensor([3, 10])),
+        lambda: cond.loss(x, torch.tensor([3, 10])),
+        lambda: cond.sample(2, y=torch.tensor([3, 10])),
+    ):
+        with pytest.raises(ValueError, match=in_range):
+            call()
+    with pytest.raises(TypeError, match="y must hold integer classes, got dtype torch.float32"):
+        cond.log_prob(x, torch.tensor([3.7, 1.0]))
+    with pytest.raises(TypeError, match="y must be an int or an .n,. integer tensor"):
+        cond.sample(2, y=3.7)
+    with pytest.raises(ValueError, match="y is required: train a class-conditional model"):
+        cond.loss(x)
+
+
+def test_conditional_sample_without_labels_stratifies_the_classes():
+    # a conditional model's sample(n) raised; y=None now samples p(x) with classes 0..K-1 in turn
+    torch.manual_seed(3)
+    model = GatedPixelCNN(PixelCNNConfig(channels=8, num_layers=2, num_classes=3)).eval()
+    _scale_head(model)
+    torch.manual_seed(0)
+    stratified = model.sample(7)
+    torch.manual_seed(0)
+    assert torch.equal(stratified, model.sample(7, y=torch.arange(7) % 3))
+    torch.manual_seed(0)
+    assert not torch.equal(stratified, model.sample(7, y=0))  # the labels matter
+
+
+def test_digits_of_any_dtype_enter_as_int64_levels(digits):
+    # float/uint8/int32 whole numbers failed deep in cross_entropy; now they are the same digits
+    model = GatedPixelCNN(PixelCNNConfig(channels=4, num_layers=1)).eval()
+    expected = model.log_prob(digits)
+    for dtype in (torch.uint8, torch.int32, torch.float32, torch.float64):
+        assert torch.equal(model.log_prob(digits.to(dtype)), expected), dtype
+
+
+def test_a_28x28_config_takes_mnist_levels_and_refuses_the_rest():
+    # the config's shape and levels go to validate_digits: [0, 1] floats are no longer truncated
+    torch.manual_seed(0)
+    model = PixelCNN(PixelCNNConfig(height=28, width=28, channels=4, num_layers=1)).eval()
+    x = torch.randint(0, LEVELS, (2, 1, 28, 28))
+    logits = model(model.preprocess(x))  # (2, 17, 28, 28)
+    expected = logits.log_softmax(1).gather(1, x).flatten(1).sum(1)
+    assert torch.allclose(model.log_prob(x), expected, atol=1e-4)
+    for bad, err, message in [
+        (torch.rand(2, 1, 28, 28), ValueError, "got non-integer floats"),
+        (x[:, :, :8, :8], ValueError, re.escape("Expected digits of shape (N, 1, 28, 28)")),
+        (x * 15, ValueError, re.escape("Expected integer levels 0..16, got values in")),
+    ]:
+        with pytest.raises(err, match=message):
+            model.log_prob(bad)
+    three = PixelCNN(PixelCNNConfig(height=2, width=2, levels=3, channels=4, num_layers=1))
+    with pytest.raises(ValueError, match=re.escape("Expected integer levels 0..2, got values")):
+        three.log_prob(torch.tensor([[[[0, 1], [2, 3]]]]))  # level 3 of a 3-level model
+
+
+@pytest.mark.parametrize("cls", [GatedPixelCNN, CharRNN])
+def test_log_prob_keeps_gradients(cls, digits):
+    model = cls(PixelCNNConfig(channels=4, num_layers=1)) if cls is GatedPixelCNN else cls()
+    data = digits if cls is GatedPixelCNN else torch.randint(0, 27, (3, 6))
+    lp = model.log_prob(data)
+    assert lp.requires_grad
+    lp.sum().backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_text_ids_are_checked():
+    model = CharRNN(CharConfig(vocab_size=5, max_len=4, dim=8))
+    for bad, err, message in [
+        (torch.rand(2, 4), TypeError, "ids must be an integer tensor of character ids"),
+        (torch.tensor([[0, 5, 0]]), ValueError, re.escape("ids must lie in [0, 5) or be")),
+        (torch.tensor([[0, -2, 0]]), ValueError, re.escape("ids must lie in [0, 5)")),
+        (torch.tensor([0, 1, 0]), ValueError, re.escape("ids must have shape (N, T + 1)")),
+    ]:  # fmt: skip
+        with pytest.raises(err, match=message):
+            model.log_prob(bad)

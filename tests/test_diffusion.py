@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from dgm_edu.data import LEVELS, load_digits
+from dgm_edu.data import LEVELS, load_digits, to_signed, toy_2d
 from dgm_edu.diffusion import (
     Diffusion,
     DiffusionConfig,
-    FlowMatching,
     cosine_schedule,
-    digits_to_model,
     linear_schedule,
 )
+from dgm_edu.flow_matching import FlowMatching
 
 SCHEDULES = {"linear": linear_schedule, "cosine": cosine_schedule}
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    """A few raw test digits (int64 levels 0..16)."""
+    return load_digits("test")[0][:8]
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -148,7 +154,7 @@ def test_discretized_decoder_sums_to_one_over_levels():
     for centre in (0.37, 1.2, -1.3):  # inside the range, and beyond either end
         mean = torch.full((LEVELS, 1, 8, 8), centre)
         model.predict = lambda xt, t, y=None, mean=mean: (None, mean)
-        per_pixel = torch.exp(-model.decoder_term(digits_to_model(images)) / 64)  # (17,)
+        per_pixel = torch.exp(-model.decoder_term(to_signed(images)) / 64)  # (17,)
         assert torch.allclose(per_pixel.sum(), torch.tensor(1.0), atol=1e-5)
         expected = min(max(round((centre + 1) / 2 * 16), 0), LEVELS - 1)
         assert per_pixel.argmax() == expected
@@ -226,3 +232,319 @@ def test_importance_sampler_is_unbiased_for_any_bin_shares():
     freq = torch.bincount(model.bin_of_t[t], minlength=len(model.bin_loss)).double() / len(t)
     q_bin = torch.zeros_like(freq).index_add_(0, model.bin_of_t, q.double())
     assert torch.allclose(freq, q_bin, atol=3e-3)
+
+
+# --------------------------------------------------------------------------- the bound's parts
+def test_linear_schedule_runs_from_beta_1_to_beta_T():
+    # catches: the end points swapped (abar still decreases to ~0, so the tests above pass)
+    abar = linear_schedule(1000)
+    betas = 1 - abar[1:] / abar[:-1]  # beta_t = 1 - abar_t / abar_{t-1}, t = 1..T
+    assert torch.allclose(betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), rtol=1e-9)
+    model = Diffusion(DiffusionConfig(data="toy", T=1000))
+    assert model.beta[1].item() == pytest.approx(1e-4, rel=1e-3)
+    assert model.beta[1000].item() == pytest.approx(0.02, rel=1e-4)
+
+
+def test_cosine_schedule_matches_its_formula():
+    # abar_t = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi/2), while no beta is clipped
+    T, s = 100, 0.008
+    abar = cosine_schedule(T)
+    f = [math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2 for t in range(T + 1)]
+    for t in (0, 1, 10, 50, 90):
+        assert abar[t].item() == pytest.approx(f[t] / f[0], rel=1e-12)
+
+
+def test_prior_term_is_the_gaussian_kl_summed_over_pixels(digits):
+    # KL(q(x_T | x_0) || N(0, I)) from torch.distributions, pixel by pixel, summed per image;
+    # T = 50 leaves abar_T ~ 0.6, so the KL is large (catches a mean over pixels for the sum)
+    model = Diffusion(DiffusionConfig(data="digits", channels=8, T=50))
+    x0 = to_signed(digits[:3]).double()
+    ab = linear_schedule(50)[-1]
+    q = torch.distributions.Normal(ab.sqrt() * x0, (1 - ab).sqrt())
+    expected = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0))
+    expected = expected.flatten(1).sum(1)  # (3,)
+    assert (expected > 5).all()
+    assert torch.allclose(model.prior_term(x0.float()).double(), expected, rtol=1e-5)
+
+
+class FixedLogits(nn.Module):
+    """A 'network' that returns fixed logits over the 17 levels, whatever its input."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("out", out)
+
+    def forward(self, x, t, y=None):
+        return self.out
+
+
+def test_levels_head_identity_on_the_digits_path():
+    # the levels head: logits_k = net_k - (x_t - sqrt(abar_t) v_k)^2 / (2 (1 - abar_t)),
+    # xhat_0 = sum_k softmax(logits)_k v_k, eps = (x_t - sqrt(abar_t) xhat_0) / sqrt(1 - abar_t);
+    # recomputed here in float64 (catches eps divided by (1 - abar) instead of its square root)
+    torch.manual_seed(0)
+    model = Diffusion(DiffusionConfig(data="digits", channels=8, head="levels"))
+    t = torch.tensor([1, 10, 200, 900])
+    out = torch.randn(4, LEVELS, 8, 8)
+    model.net = FixedLogits(out)
+    xt = torch.randn(4, 1, 8, 8)
+    eps, x0 = model.predict(xt, t)
+    ab = model.abar[t].double().view(-1, 1, 1, 1)  # (4, 1, 1, 1): the model's own schedule
+    v = torch.linspace(-1, 1, LEVELS, dtype=torch.float64).view(1, LEVELS, 1, 1)
+    logits = out.double() - (xt.double() - ab.sqrt() * v) ** 2 / (2 * (1 - ab))
+    x0_ref = (logits.softmax(1) * v).sum(1, keepdim=True)
+    eps_ref = (xt.double() - ab.sqrt() * x0_ref) / (1 - ab).sqrt()
+    assert torch.allclose(x0.double(), x0_ref, atol=1e-5)
+    assert torch.allclose(eps.double(), eps_ref, rtol=1e-3, atol=1e-4)
+    # and x_t = sqrt(abar) xhat_0 + sqrt(1 - abar) eps: the two predictions describe one x_t
+    assert torch.allclose(ab.sqrt() * x0.double() + (1 - ab).sqrt() * eps.double(), xt.double(),
+                          atol=1e-5)  # fmt: skip
+
+
+def test_ddim_on_the_digits_path_with_an_oracle(digits):
+    # the digits sampler clamps xhat_0 to [-1, 1] and reads eps off x_t again; with an oracle the
+    # clamp changes nothing, so every state keeps the noise it started with (catches a digits
+    # eps recomputed without the square root of abar_t) and the sample is the digit itself
+    model = Diffusion(DiffusionConfig(data="digits", channels=8))
+    point = to_signed(digits[:1])[0]  # (1, 8, 8) on the grid -1..1
+    model.net = OracleEps(point, model.abar, model.config.T)
+    torch.manual_seed(0)
+    x_T = torch.randn(6, 1, 8, 8)
+    out, path = model.ddim_sample(6, steps=10, eta=0.0, x_T=x_T, return_path=True)
+    assert torch.equal(out, digits[:1].expand(6, 1, 8, 8))
+    abar = model.abar.double()
+    eps_T = (x_T.double() - abar[-1].sqrt() * point) / (1 - abar[-1]).sqrt()
+    times = torch.linspace(model.config.T, 0, 11).round().long()
+    for k in range(1, 10):
+        expected = abar[times[k]].sqrt() * point + (1 - abar[times[k]]).sqrt() * eps_T
+        assert torch.allclose(path[k].double(), expected, atol=1e-3), k
+
+
+def test_digits_round_trip_through_the_model_space():
+    # the model's preprocessing, levels -> the grid -1..1, and its decoding, the nearest level,
+    # are inverses, also off the grid by less than half a bin (catches the way back without its
+    # +1, a grid of 17 instead of 16 steps, or a decoder that floors)
+    model = Diffusion(DiffusionConfig(data="digits", channels=8, T=20))
+    levels = torch.arange(LEVELS).view(-1, 1, 1, 1).expand(LEVELS, 1, 8, 8)
+    grid = model._encode(levels)
+    assert torch.allclose(grid[:, 0, 0, 0], torch.linspace(-1, 1, LEVELS))
+    assert torch.equal(model._decode(grid), levels)
+    wiggle = (torch.rand(grid.shape) - 0.5) * 0.99 / (LEVELS - 1)  # within half a bin (1/16)
+    assert torch.equal(model._decode(grid + wiggle), levels)
+    assert torch.equal(model._decode(grid.double()), levels)
+
+
+class Recorder(nn.Module):
+    """Wraps a network and keeps the labels that each call received."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.seen = net, []
+
+    def forward(self, x, t, y=None):
+        self.seen.append(None if y is None else y.clone())
+        return self.net(x, t, y)
+
+
+def test_label_dropout_drops_p_uncond_of_the_labels_in_training_only():
+    # catches: the dropout inverted (1 - p_uncond dropped), dropping in eval mode, or dropping
+    # to a class other than the null token
+    torch.manual_seed(0)
+    model = Diffusion(DiffusionConfig(data="toy", T=20, channels=16, num_classes=3, p_uncond=0.3))
+    model.net = Recorder(model.net)
+    n = 20_000
+    x, y = toy_2d("ring8", n), torch.randint(0, 3, (n,))
+    model.train().loss(x, y)
+    seen = model.net.seen[-1]
+    dropped = seen == 3
+    assert abs(dropped.float().mean().item() - 0.3) < 0.015  # 4.7 standard errors
+    assert torch.equal(seen[~dropped], y[~dropped])
+    model.eval().loss(x, y)
+    assert torch.equal(model.net.seen[-1], y)
+
+
+def test_flow_matching_loss_is_its_formula():
+    # E ||v(x_t, t) - (x_1 - (1 - s) x_0)||^2 with x_t = (1 - (1 - s) t) x_0 + t x_1, the same
+    # noise and times (fixed seed), recomputed here; sigma_min = 0.1 so that every s shows
+    fm = FlowMatching(DiffusionConfig(data="toy", channels=16), sigma_min=0.1).eval()
+    x1 = toy_2d("ring8", 64)
+    torch.manual_seed(5)
+    got = fm.loss(x1)
+    torch.manual_seed(5)
+    x0, t = torch.randn(64, 2), torch.rand(64)
+    xt = (1 - 0.9 * t[:, None]) * x0 + t[:, None] * x1
+    with torch.no_grad():
+        expected = (fm.net(xt, t) - (x1 - 0.9 * x0)).pow(2).sum(1).mean()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert got.requires_grad
+
+
+class ConstantVelocity(nn.Module):
+    """v(x, t, y) = a_y for a label, a_u under the null label: Euler integrates it exactly."""
+
+    a_u = torch.tensor([1.0, -1.0])
+    a = torch.tensor([[2.0, 0.5], [-1.0, 3.0]])
+
+    def forward(self, x, t, y=None):
+        return self.a_u.expand_as(x) if y is None else self.a[y]
+
+
+def test_guided_flow_matching_sampler_mixes_the_velocities():
+    # x_1 = x_0 + v_u + w (v_c - v_u) for a constant field (catches the guidance condition
+    # inverted, and guidance applied to the unconditional velocity the wrong way round)
+    fm = FlowMatching(DiffusionConfig(data="toy", num_classes=2))
+    fm.net = ConstantVelocity()
+    fm.register_parameter("dummy", nn.Parameter(torch.zeros(1)))
+    y, x_0 = torch.tensor([0, 1, 0, 1]), torch.zeros(4, 2)
+    a_u, a_y = ConstantVelocity.a_u, ConstantVelocity.a[y]
+    for w in (1.0, 3.0, 0.0):
+        out = fm.sample(4, y=y, guidance=w, steps=5, x_0=x_0)
+        assert torch.allclose(out, a_u + w * (a_y - a_u), atol=1e-6), w
+    assert torch.allclose(fm.sample(4, steps=5, x_0=x_0), a_u.expand(4, 2))  # y=None: p(x)
+
+
+def test_log_prob_keeps_gradients_and_has_no_side_effects(digits):
+    # the bin statistics move in loss, in train mode only (the documented side effect)
+    model = Diffusion(DiffusionConfig(data="digits", channels=8, T=50, bound_samples=2)).train()
+    before = model.bin_loss.clone()
+    lp = model.log_prob(digits[:2])
+    assert lp.requires_grad and lp.shape == (2,)
+    lp.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert torch.equal(model.bin_loss, before)
+    model.eval().loss(digits[:4])
+    assert torch.equal(model.bin_loss, before)
+    model.train().loss(digits[:4])
+    assert not torch.equal(model.bin_loss, before)
+
+
+# --------------------------------------------------------------------------- arguments (issue 24)
+def _tiny(**kw) -> Diffusion:
+    return Diffusion(DiffusionConfig(**{"data": "digits", "channels": 8, "T": 50, **kw}))
+
+
+def test_ddim_steps_must_lie_in_one_to_T():
+    # steps > T made a 0/0 on the last step (every pixel -9223372036854775808); 0 or -1 noise
+    model = _tiny()
+    for steps in (100, 51, 0, -1):
+        with pytest.raises(
+            ValueError, match=re.escape(f"steps must be an int in [1, 50], got {steps}")
+        ):
+            model.ddim_sample(4, steps=steps)
+    with pytest.raises(TypeError, match="steps must be an int, got 2.5"):
+        model.ddim_sample(4, steps=2.5)
+    out = model.ddim_sample(2, steps=50)
+    assert out.dtype == torch.int64 and out.min() >= 0 and out.max() <= LEVELS - 1
+    fm = FlowMatching(DiffusionConfig(data="toy", channels=16))
+    for steps in (0, -1):
+        with pytest.raises(ValueError, match=f"steps must be an int >= 1, got {steps}"):
+            fm.sample(4, steps=steps)
+
+
+def test_sampler_options_are_keyword_only():
+    # Diffusion.sample(4, 50) took 50 for a label, FlowMatching.sample(4, 50) for a step count
+    with pytest.raises(TypeError, match="positional argument"):
+        _tiny(num_classes=10).sample(4, 3)
+    with pytest.raises(TypeError, match="positional argument"):
+        FlowMatching(DiffusionConfig(data="toy")).sample(4, 50)
+    with pytest.raises(TypeError, match="positional argument"):
+        _tiny().ddim_sample(4, 10)
+
+
+def test_sampler_numbers_are_checked():
+    model = _tiny(num_classes=10)
+    cases = [
+        (dict(n=-1), ValueError, "n must be a non-negative int, got -1"),
+        (dict(n=2.0), TypeError, "n must be a non-negative int, got 2.0"),
+        (dict(n="3"), TypeError, "n must be a non-negative int, got '3'"),
+        (dict(n=2, eta=-0.5), ValueError, "eta must be a finite number >= 0, got -0.5"),
+        (dict(n=2, eta=float("nan")), ValueError, "eta must be a finite number >= 0, got nan"),
+        (dict(n=2, y=1, guidance=float("inf")), ValueError, "guidance must be a finite number"),
+        (dict(n=2, guidance=2.0), ValueError, "guidance=2.0 mixes the predictions"),
+        (dict(n=2, x_T=torch.zeros(3, 1, 8, 8)), ValueError,
+         re.escape("x_T must be a tensor of shape (2, 1, 8, 8), got (3, 1, 8, 8)")),
+    ]  # fmt: skip
+    for kwargs, err, message in cases:
+        with pytest.raises(err, match=message):
+            model.ddim_sample(steps=2, **kwargs)
+    no_dropout = _tiny(num_classes=10, p_uncond=0.0)
+    with pytest.raises(ValueError, match="guidance=3.0 mixes the predictions"):
+        no_dropout.ddim_sample(2, steps=2, y=1, guidance=3.0)  # its null label is untrained
+    for m in (model, FlowMatching(DiffusionConfig(data="toy"))):
+        out = m.sample(0)
+        assert out.shape == (0, *m.shape) and out.dtype == m.sample(1).dtype
+
+
+def test_labels_are_checked_where_they_enter(digits):
+    cond, plain = _tiny(num_classes=10), _tiny()
+    fm = FlowMatching(DiffusionConfig(data="digits", channels=8, num_classes=10))
+    x, y10 = digits[:2], torch.tensor([3, 10])  # 10 = num_classes: the internal null token
+    in_range = re.escape("y must hold classes in [0, 10), got values in [3, 10]")
+    for call in (
+        lambda: cond.loss(x, y10),
+        lambda: cond.log_prob(x, y10),
+        lambda: cond.ddim_sample(2, steps=2, y=y10),
+        lambda: fm.loss(x, y10),
+        lambda: fm.sample(2, steps=2, y=y10),
+    ):
+        with pytest.raises(ValueError, match=in_range):
+            call()
+    with pytest.raises(TypeError, match="y must hold integer classes, got dtype torch.float32"):
+        cond.loss(x, torch.tensor([3.7, 1.0]))
+    with pytest.raises(TypeError, match="y must be an int or an .n,. integer tensor"):
+        cond.ddim_sample(2, steps=2, y=3.7)
+    unconditional = "y was given but this model is unconditional"
+    for call in (
+        lambda: plain.loss(x, torch.tensor([1, 2])),
+        lambda: plain.log_prob(x, torch.tensor([1, 2])),
+        lambda: plain.sample(2, y=1),
+        lambda: plain.ddim_sample(2, steps=2, y=1),
+        lambda: FlowMatching(DiffusionConfig(data="toy")).sample(2, y=1),
+    ):
+        with pytest.raises(ValueError, match=unconditional):
+            call()
+
+
+def test_y_none_means_p_x_for_dropout_models_and_stratifies_without_dropout(digits):
+    dropout = _tiny(num_classes=10)  # p_uncond = 0.2: y=None is the (trained) null label
+    dropout.net = Recorder(dropout.net)
+    dropout.ddim_sample(3, steps=2)
+    assert all(y is None for y in dropout.net.seen)
+    strict = _tiny(num_classes=3, p_uncond=0.0)  # no p(x) of its own: classes in turn
+    strict.net = Recorder(strict.net)
+    strict.ddim_sample(5, steps=2)
+    assert all(torch.equal(y, torch.tensor([0, 1, 2, 0, 1])) for y in strict.net.seen)
+    for call in (lambda: strict.loss(digits[:2]), lambda: strict.log_prob(digits[:2])):
+        with pytest.raises(ValueError, match="y is required: this model is class-conditional"):
+            call()
+
+
+def test_digits_of_another_size_are_refused():
+    # the config has no image size: the digits models are 8x8 only, and say so
+    mnist = torch.randint(0, LEVELS, (2, 1, 28, 28))
+    message = re.escape("Expected digits of shape (N, 1, 8, 8), got (2, 1, 28, 28)")
+    for model in (_tiny(), FlowMatching(DiffusionConfig(data="digits", channels=8))):
+        with pytest.raises(ValueError, match=message):
+            model.loss(mnist)
+    with pytest.raises(ValueError, match=message):
+        _tiny().log_prob(mnist)
+
+
+def test_a_diverged_sampler_is_refused_not_cast():
+    # a NaN cast to int64 came back as -9223372036854775808 in every pixel
+    model = _tiny()
+    model.net = FixedLogits(torch.full((1, 1, 8, 8), float("nan")))
+    with pytest.raises(FloatingPointError, match="Diffusion samples is not finite"):
+        model.ddim_sample(1, steps=3)
+
+
+def test_configs_are_checked():
+    for kwargs, message in [
+        (dict(data="mnist"), "data must be 'digits' or 'toy', got 'mnist'"),
+        (dict(schedule="sigmoid"), "schedule must be 'linear' or 'cosine', got 'sigmoid'"),
+        (dict(data="toy", head="levels"), "head must be 'eps', or 'levels' for digits"),
+        (dict(T=1), re.escape("T must be an int >= 2, got 1")),
+        (dict(p_uncond=1.0), re.escape("p_uncond must lie in [0, 1), got 1.0")),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            DiffusionConfig(**kwargs)

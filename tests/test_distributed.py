@@ -1,6 +1,7 @@
 """Multi-process training: the same fit under torchrun (2 CPU processes, gloo) as on one process.
 
-The 2-process run uses ``scripts/train_ddp.py``, the entry point that the README documents.
+The 2-process run goes through ``scripts/train_ddp.py``'s ``main``, the entry point that the README
+documents, with the test-only two-optimizer recipe of ``tests/ddp_recipes.py`` added.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -23,15 +25,16 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from dgm_edu import checkpoints, distributed
 from dgm_edu import train as train_mod
 from dgm_edu.train import History, load_checkpoint, shard_loader
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "train_ddp.py"
+RECIPES = ROOT / "tests" / "ddp_recipes.py"
 
 
 def _as_rank(monkeypatch, rank: int, world: int) -> None:
-    monkeypatch.setattr(train_mod, "dist_info", lambda: (rank, world))
+    monkeypatch.setattr(distributed, "dist_info", lambda: (rank, world))
 
 
 def _batches(loader, epoch: int) -> list[list[int]]:
@@ -92,19 +95,23 @@ def test_only_rank_0_writes_checkpoints(tmp_path, monkeypatch):
         gathered.append(obj)
         out[:] = [obj] * len(out)
 
-    monkeypatch.setattr(train_mod.dist, "all_gather_object", fake_gather)
-    monkeypatch.setattr(train_mod.dist, "barrier", lambda: None)
+    monkeypatch.setattr(distributed.dist, "all_gather_object", fake_gather)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: None)
+    settings = checkpoints.run_settings(
+        model, opt, None, epochs=1, grad_clip=None, amp=None, patience=None
+    )
     for rank in (1, 0):
         _as_rank(monkeypatch, rank, 2)
-        train_mod._save_training_state(
-            tmp_path / f"r{rank}.pt", model, opt, None, History(), 1, 0, None
-        )
+        checkpoints.save_training_state(
+            tmp_path / f"r{rank}.pt", model=model, optimizers=opt, scheduler=None,
+            settings=settings, history=asdict(History()), epoch=1, bad_epochs=0, best_model=None,
+        )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r0.json", "r0.pt"]
     assert len(load_checkpoint(tmp_path / "r0.pt")["rng_ranks"]) == 2 and len(gathered) == 2
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_ddp", SCRIPT)
+def _load_recipes():
+    spec = importlib.util.spec_from_file_location("ddp_recipes", RECIPES)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -124,8 +131,9 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         "2",
         "--batch-size",
         "100",
-        "--step",
-        "both",
+        "--family",
+        "pixel_mixture",
+        "two_optimizers",
         "--backend",
         "gloo",
         "--device",
@@ -143,7 +151,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
             str(tmp_path / "logs"),
             "--redirects",
             "3",
-            str(SCRIPT),
+            str(RECIPES),
             *args,
             "--out",
             str(tmp_path / "two.pt"),
@@ -163,21 +171,21 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:] + "\n".join(logs.values())[-3000:]
     # rank 0 alone prints the report and draws the progress bars
     assert logs["0/stdout.log"].count('"world_size": 2') == 2 and logs["1/stdout.log"] == ""
-    assert "pixel mixture (loss)" in logs["0/stderr.log"]
+    assert "pixel mixture (two optimizers)" in logs["0/stderr.log"]
     assert "pixel mixture" not in logs["1/stderr.log"]
-    ckpt = load_checkpoint(tmp_path / "ckpt-loss.pt")  # written once, by rank 0, with both RNGs
+    ckpt = load_checkpoint(tmp_path / "ckpt-pixel_mixture.pt")  # by rank 0, with both RNGs
     assert ckpt["epoch"] == 2 and len(ckpt["rng_ranks"]) == 2
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         t0 = time.perf_counter()
-        _load_script().main([*args, "--quiet", "--out", str(tmp_path / "one.pt")])
+        _load_recipes().main([*args, "--quiet", "--out", str(tmp_path / "one.pt")])
         wall_one = time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    for run in ("loss", "train_step"):  # the DDP wrapper, and gradient hooks for train_step
+    for run in ("pixel_mixture", "two_optimizers"):  # the DDP wrapper; gradient hooks (train_step)
         assert one[run]["world_size"] == 1 and two[run]["world_size"] == 2
         for name, w1 in one[run]["model"].items():
             w2 = two[run]["model"][name]
@@ -188,8 +196,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     print(
         json.dumps(
             {
-                "fit_seconds_1proc": one["loss"]["seconds"],
-                "fit_seconds_2proc": two["loss"]["seconds"],
+                "fit_seconds_1proc": one["pixel_mixture"]["seconds"],
+                "fit_seconds_2proc": two["pixel_mixture"]["seconds"],
                 "wall_torchrun_2proc": wall_two,
                 "wall_inprocess_1proc": wall_one,
             }

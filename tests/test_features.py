@@ -189,3 +189,19 @@ def test_fid_floor_is_train_against_test_and_far_below_noise():
     assert floor == pytest.approx(metrics.fid(tr, te))
     noise = torch.randint(0, 17, (1000, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     assert 0 < floor < metrics.fid(noise, te) / 10
+
+
+def test_a_missing_asset_says_how_to_restore_it(tmp_path, monkeypatch):
+    import dgm_edu.features as features
+
+    missing = tmp_path / "digits_features.pt"
+    monkeypatch.setattr(features, "asset_path", lambda: missing)
+    features.load_feature_net.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError) as info:
+            features.load_feature_net()
+    finally:
+        features.load_feature_net.cache_clear()
+    message = str(info.value)
+    assert message.startswith(f"Feature-net weights not found at {missing}: they ship inside")
+    assert "reinstall dgm_edu" in message and "scripts/" not in message

@@ -1,30 +1,29 @@
-"""Tests of dgm_edu.flows: invertibility, log-determinants, normalisation, dequantization bounds."""
+"""Tests of dgm_edu.flows and dgm_edu.digit_flow: invertibility, log-determinants,
+normalisation, dequantization bounds, and the sampling and input checks."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from dgm_edu.data import LEVELS, NUM_PIXELS, load_digits
+from dgm_edu.data import LEVELS, NUM_PIXELS, load_digits, quantize, toy_2d
+from dgm_edu.densities import standard_normal_log_prob
+from dgm_edu.digit_flow import ConvNet, DigitFlow, DigitFlowConfig, coupling_stack
 from dgm_edu.flows import (
     IAF,
     MAF,
     ActNorm,
     AffineCoupling,
-    ConvNet,
-    DigitFlow,
-    DigitFlowConfig,
     Flow2D,
     Flow2DConfig,
     Planar,
     _mlp,
     alternating_mask,
     checkerboard_mask,
-    coupling_stack,
-    standard_normal_log_prob,
 )
 
 
@@ -316,3 +315,119 @@ def test_log_prob_validates_raw_digits():
     model = DigitFlow(DigitFlowConfig(num_couplings=1, hidden=4))
     with pytest.raises(ValueError):
         model.log_prob(torch.rand(2, 1, 8, 8))  # [0,1] floats instead of levels
+
+
+# --------------------------------------------------------------------------- the face (issue 24)
+def _small_digit_flow(deq: str = "uniform") -> DigitFlow:
+    cfg = DigitFlowConfig(
+        dequantization=deq, num_couplings=2, hidden=4, depth=1, deq_couplings=2, deq_hidden=4
+    )
+    return DigitFlow(cfg)
+
+
+@pytest.mark.parametrize("deq", ["uniform", "variational"])
+def test_loss_is_minus_the_one_sample_bound(deq, digits):
+    # loss(x) = -mean of the one-sample bound: log_prob(x, num_samples=1) on the same noise
+    model = _randomise(_small_digit_flow(deq), std=0.1).float()
+    torch.manual_seed(0)
+    loss = model.loss(digits)
+    torch.manual_seed(0)
+    assert loss.item() == pytest.approx(-model.log_prob(digits, num_samples=1).mean().item())
+    flow2d = _randomise(Flow2D(Flow2DConfig(num_layers=2, hidden=8)), std=0.3).float()
+    x = toy_2d("moons", 16)
+    assert flow2d.loss(x).item() == pytest.approx(-flow2d.log_prob(x).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("deq", ["uniform", "variational"])
+def test_levels_round_trip_through_the_dequantized_logit_space(deq):
+    # levels -> y = (x + u) / 17 -> s = logit(alpha + (1 - 2 alpha) y) -> back -> floor(17 y)
+    # is the identity for every level and every u the dequantizer draws (catches noise outside
+    # [0, 1), a /16 for /17, a rounding decoder)
+    model = _randomise(_small_digit_flow(deq), std=0.1).float()
+    x = torch.arange(LEVELS).repeat(4).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).contiguous()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            u, _ = model.dequantize(x)
+        assert (u >= 0).all() and (u < 1).all()
+        s, _ = model._to_logit((x + u) / LEVELS)
+        assert torch.equal(quantize(model._from_logit(s)), x)
+
+
+def test_sample_arguments_are_checked():
+    digit = _small_digit_flow()
+    flow2d = Flow2D(Flow2DConfig(num_layers=2, hidden=8))
+    for model in (digit, flow2d):
+        for kwargs, err, message in [
+            (dict(n=-1), ValueError, "n must be a non-negative int, got -1"),
+            (dict(n=2.0), TypeError, "n must be a non-negative int, got 2.0"),
+            (dict(n=2, temperature=float("nan")), ValueError, "finite number > 0, got nan"),
+            (dict(n=2, temperature=0), ValueError, "temperature must be a finite number > 0"),
+            (dict(n=2, temperature=-1), ValueError, "temperature must be a finite number > 0"),
+            (dict(n=2, y=1), ValueError, "y was given but this model is unconditional"),
+        ]:
+            with pytest.raises(err, match=message):
+                model.sample(**kwargs)
+        with pytest.raises(TypeError, match="positional argument"):
+            model.sample(2, 0.5)  # temperature is keyword-only
+    assert digit.sample(0).shape == (0, 1, 8, 8) and digit.sample(0).dtype == torch.int64
+    assert flow2d.sample(0).shape == (0, 2)
+    s = digit.sample(5, temperature=0.7)
+    assert s.dtype == torch.int64 and s.min() >= 0 and s.max() <= LEVELS - 1
+
+
+def test_digit_flow_inputs_are_checked(digits):
+    model = _small_digit_flow()
+    with pytest.raises(ValueError, match="y was given but this model is unconditional"):
+        model.loss(digits, torch.arange(len(digits)))
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1, got 0"):
+        model.log_prob(digits, num_samples=0)
+    # the config has no image size: DigitFlow is 8x8 only, and says so
+    mnist = torch.randint(0, LEVELS, (2, 1, 28, 28))
+    message = re.escape("Expected digits of shape (N, 1, 8, 8), got (2, 1, 28, 28)")
+    for method in (model.loss, model.log_prob):
+        with pytest.raises(ValueError, match=message):
+            method(mnist)
+    for kwargs, message in [
+        (dict(dequantization="none"), "dequantization must be 'uniform' or 'variational'"),
+        (dict(net="resnet"), "net must be 'conv' or 'mlp', got 'resnet'"),
+        (dict(alpha=0.5), re.escape("alpha must lie in (0, 0.5), got 0.5")),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            DigitFlowConfig(**kwargs)
+    assert torch.equal(  # whole-number floats and other integer dtypes are the same digits
+        _bound(model, digits.to(torch.uint8)), _bound(model, digits.float())
+    )
+
+
+def _bound(model: DigitFlow, x: torch.Tensor) -> torch.Tensor:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return model.log_prob(x)
+
+
+def test_log_prob_keeps_gradients_and_a_diverged_sample_is_refused(digits):
+    model = _small_digit_flow("variational")
+    lp = model.log_prob(digits[:3], num_samples=2)
+    assert lp.requires_grad
+    lp.sum().backward()
+    assert all(p.grad is not None for p in model.deq_flow.parameters())
+    with torch.no_grad():
+        model.flow.layers[0].loc.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="DigitFlow samples is not finite"):
+        model.sample(2)
+
+
+def test_sample_decodes_to_the_bin_of_the_inverse_logit():
+    # a fresh DigitFlow is the identity (zero couplings, ActNorm not yet initialised), so a sample
+    # is x = floor(17 y), y = (sigmoid(z) - alpha) / (1 - 2 alpha), z ~ N(0, T^2): recomputed here
+    # (catches a decoder that rounds 16 y, or one that ignores the temperature)
+    model = _small_digit_flow().eval()
+    a = model.config.alpha
+    for temperature in (1.0, 2.5):
+        torch.manual_seed(0)
+        got = model.sample(500, temperature=temperature)
+        torch.manual_seed(0)
+        z = temperature * torch.randn(500, 1, 8, 8)
+        y = (torch.sigmoid(z) - a) / (1 - 2 * a)
+        assert torch.equal(got, (y * LEVELS).floor().clamp(0, LEVELS - 1).long())

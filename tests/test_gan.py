@@ -166,7 +166,7 @@ def test_validation_loss_is_the_held_out_discriminator_loss(loss):
     r, f = model.discriminator(real, y), model.discriminator(fake, y)
     want = gan.critic_loss(r, f) if loss == "wgan-gp" else gan.discriminator_loss(r, f)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
-    s = model.sample(20, labels=torch.full((20,), 3))
+    s = model.sample(20, y=torch.full((20,), 3))
     assert s.dtype == torch.int64 and s.shape == (20, 1, 8, 8) and 0 <= s.min() <= s.max() <= 16
     assert not hasattr(model, "log_prob")  # an implicit model: no faked likelihood
 
@@ -218,3 +218,100 @@ def test_staged_training_ends_with_the_weights_of_one_uninterrupted_run(tmp_path
     again = list(gan.train_stages([1, 3], checkpoint=str(tmp_path / "ring.pt"), data="ring8",
                                   config=config, progress=False))  # fmt: skip
     assert again[0][2].epochs_run == 1
+
+
+# --------------------------------------------------------------------------- the contract
+def _cgan() -> GAN:
+    torch.manual_seed(0)
+    return GAN(GANConfig(arch="conv", hidden=32, num_classes=10))
+
+
+def test_conditional_sample_takes_an_int_label_and_stratifies_without_one():
+    model = _cgan()
+    torch.manual_seed(1)
+    threes = model.sample(4, y=3)  # used to raise AttributeError
+    torch.manual_seed(1)
+    z = torch.randn(4, 16)
+    assert torch.equal(threes, model.decode(z, torch.full((4,), 3)))
+    # by hand: G(z, 3) in (-1, 1), then u = (v + 1) / 2 -> its bin floor(17 u)
+    with torch.no_grad():
+        v = model.generator(z, torch.full((4,), 3))
+    assert torch.equal(threes, ((v + 1) / 2 * 17).floor().clamp(0, 16).long())
+    torch.manual_seed(2)
+    stratified = model.sample(25)
+    torch.manual_seed(2)
+    assert torch.equal(stratified, model.sample(25, y=torch.arange(25) % 10))
+
+
+def test_labels_are_checked_where_they_enter():
+    model = _cgan()
+    x, y = load_digits("val")
+    x, y = x[:8], y[:8]
+    needs = r"^A conditional GAN needs labels y"
+    with pytest.raises(ValueError, match=needs):
+        model.loss(x)  # used to be a TypeError deep in one_hot
+    with pytest.raises(ValueError, match=needs):
+        model.train_step((x,), gan.make_optimizers(model))
+    with pytest.raises(
+        ValueError, match=r"^y must hold classes in \[0, 10\), got values in \[3, 10\]$"
+    ):
+        model.sample(2, y=torch.tensor([3, 10]))
+    with pytest.raises(TypeError, match=r"^y must hold integer classes, got dtype torch.float32$"):
+        model.loss(x, y.float())
+    plain = GAN()
+    with pytest.raises(ValueError, match=r"^y was given but this model is unconditional"):
+        plain.sample(4, y=3)
+    with pytest.raises(ValueError, match=r"^y was given but this model is unconditional"):
+        plain.loss(x, y)
+
+
+def test_sample_zero_bad_n_and_a_diverged_generator():
+    assert GAN().sample(0).shape == (0, 1, 8, 8) and GAN().sample(0).dtype == torch.int64
+    ring = GAN(GANConfig(data_shape=(2,), hidden=8))
+    assert ring.sample(0).shape == (0, 2) and ring.sample(0).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"^n must be a non-negative int, got -1$"):
+        GAN().sample(-1)
+    with pytest.raises(TypeError, match=r"^n must be a non-negative int, got '3' \(str\)$"):
+        GAN().sample("3")
+    broken = GAN()
+    with torch.no_grad():
+        broken.generator.net[-1].bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="the generator's output is not finite"):
+        broken.sample(3)
+
+
+def test_a_gan_configured_for_28x28_takes_mnist_levels():
+    config = GANConfig(data_shape=(1, 28, 28), hidden=32)
+    assert config.is_image and not GANConfig(data_shape=(2,)).is_image
+    torch.manual_seed(0)
+    model = GAN(config)
+    x = torch.randint(0, 17, (6, 1, 28, 28))
+    v = model.to_model_space(x)
+    assert v.min() >= -1 and v.max() < 1
+    assert torch.equal(model.to_data_space(v), x)  # levels -> dequantized -> levels: identity
+    s = model.sample(5)
+    assert s.shape == (5, 1, 28, 28) and s.dtype == torch.int64 and 0 <= s.min() <= s.max() <= 16
+    assert torch.isfinite(model.loss(x))
+    with pytest.raises(
+        ValueError, match=r"Expected digits of shape \(N, 1, 28, 28\), got \(2, 1, 8, 8\)"
+    ):
+        model.loss(load_digits("val")[0][:2])
+    with pytest.raises(ValueError, match=r"arch='conv' needs data_shape \(1, 8, 8\)"):
+        GANConfig(data_shape=(1, 28, 28), arch="conv")
+    with pytest.raises(ValueError, match=r"^data_shape must be \(D,\) for points or \(C, H, W\)"):
+        GANConfig(data_shape=(8, 8))
+
+
+def test_a_toy_gan_checks_its_points():
+    model = GAN(GANConfig(data_shape=(2,), hidden=8))
+    pts = toy_2d("ring8", 6)
+    with pytest.raises(
+        ValueError, match=r"^points must be a non-empty batch of shape \(N, 2\), got \(6, 1\)$"
+    ):
+        model.loss(pts[:, :1])
+    with pytest.raises(ValueError, match=r"^points contain NaN or inf"):
+        model.loss(torch.full((6, 2), float("inf")))
+    torch.manual_seed(0)
+    want = model.loss(pts)
+    torch.manual_seed(0)
+    assert torch.equal(model.loss(pts.double()), want)

@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import pytest
 import torch
 
 from dgm_edu import data
@@ -32,22 +33,26 @@ def test_uniform_and_independent_baselines_on_the_test_split():
 
 
 def test_pixel_mixture_normalises_by_enumeration():
-    # a mixture over 2 pixels with 3 levels: the 9 possible images must sum to 1
+    # a mixture over 2x2 images with 3 levels: log_prob of each of the 81 possible images against
+    # the direct product-sum, and the 81 probabilities must sum to 1
     torch.manual_seed(0)
-    model = PixelMixture(PixelMixtureConfig(num_components=3, num_pixels=2, levels=3))
+    model = PixelMixture(PixelMixtureConfig(num_components=3, num_pixels=4, levels=3))
     with torch.no_grad():
         model.pixel_logits.normal_()
         model.mix_logits.normal_()
-    theta = model.pixel_logits.softmax(-1)
-    pi = model.mix_logits.softmax(0)
-    total = 0.0
-    for a, b in itertools.product(range(3), repeat=2):
-        direct = sum(pi[k] * theta[k, 0, a] * theta[k, 1, b] for k in range(3))
-        x = torch.tensor([[a, b]])
-        got = torch.logsumexp(model.mix_logits.log_softmax(0) + _component_logp(model, x), 1).exp()
-        assert torch.allclose(got, direct.reshape(1), atol=1e-6)
-        total += direct.item()
-    assert abs(total - 1) < 1e-6
+    theta = model.pixel_logits.detach().double().softmax(-1)  # (K, 4, 3)
+    pi = model.mix_logits.detach().double().softmax(0)
+    images = torch.tensor(list(itertools.product(range(3), repeat=4)))  # (81, 4)
+    direct = torch.stack(
+        [
+            sum(pi[k] * math.prod(theta[k, d, img[d]] for d in range(4)) for k in range(3))
+            for img in images
+        ]
+    )
+    got = model.log_prob(images.view(81, 1, 2, 2)).double().exp()
+    torch.testing.assert_close(got, direct, atol=1e-6, rtol=1e-5)
+    assert abs(got.sum().item() - 1) < 1e-5
+    assert abs(direct.sum().item() - 1) < 1e-9
 
 
 def _component_logp(model: PixelMixture, x: torch.Tensor) -> torch.Tensor:
@@ -121,3 +126,137 @@ def test_gradient_ascent_recovers_a_known_mixture():
     # every true centre has a learned mean nearby, with the true std
     assert torch.cdist(centres, gmm.means.detach()).min(1).values.max() < 0.1
     assert torch.allclose(gmm.log_stds.exp().detach(), torch.full((8, 2), data.RING_STD), atol=0.03)
+
+
+# --------------------------------------------------------------------------- the contract
+def test_loss_is_the_mean_negative_log_prob_in_both_modes():
+    torch.manual_seed(0)
+    model = PixelMixture(PixelMixtureConfig(num_components=3))
+    x = data.load_digits("val")[0][:32]
+    want = -model.log_prob(x).mean()
+    assert torch.equal(model.train().loss(x), want) and torch.equal(model.eval().loss(x), want)
+    gmm = GaussianMixture()
+    pts = data.toy_2d("ring8", 50)
+    assert torch.equal(gmm.loss(pts), -gmm.log_prob(pts).mean())
+
+
+def test_log_prob_keeps_gradients():
+    model = PixelMixture(PixelMixtureConfig(num_components=2))
+    model.log_prob(data.load_digits("val")[0][:4]).sum().backward()
+    assert model.pixel_logits.grad is not None and model.pixel_logits.grad.abs().sum() > 0
+
+
+def test_digits_of_other_dtypes_give_the_same_log_prob():
+    # whole-number floats, uint8 and int32 used to fail deep in one_hot
+    model = PixelMixture(PixelMixtureConfig(num_components=2))
+    x = data.load_digits("val")[0][:8]
+    want = model.log_prob(x)
+    for dtype in (torch.float32, torch.float64, torch.uint8, torch.int32):
+        torch.testing.assert_close(model.log_prob(x.to(dtype)), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("n", "err", "message"),
+    [
+        (-1, ValueError, "n must be a non-negative int, got -1"),
+        (2.0, TypeError, "n must be a non-negative int, got 2.0 (float)"),
+        ("3", TypeError, "n must be a non-negative int, got '3' (str)"),
+    ],
+)
+def test_sample_refuses_a_bad_n(n, err, message):
+    for model in (UniformPixels(), PixelMixture(), GaussianMixture()):
+        with pytest.raises(err, match=f"^{message}$".replace("(", r"\(").replace(")", r"\)")):
+            model.sample(n)
+
+
+def test_sample_zero_is_an_empty_batch_of_the_right_kind():
+    for model in (UniformPixels(), PixelMixture(PixelMixtureConfig(num_components=3))):
+        s = model.sample(0)
+        assert s.shape == (0, 1, 8, 8) and s.dtype == torch.int64
+    s = GaussianMixture().sample(0)
+    assert s.shape == (0, 2) and s.dtype == torch.float32
+
+
+def test_unconditional_models_refuse_labels():
+    x, y = data.load_digits("val")
+    x, y = x[:4], y[:4]
+    message = "y was given but this model is unconditional (num_classes=0): expected y=None"
+    pattern = message.replace("(", r"\(").replace(")", r"\)")
+    for model in (UniformPixels(), PixelMixture()):
+        with pytest.raises(ValueError, match=pattern):
+            model.log_prob(x, y)
+        with pytest.raises(ValueError, match=pattern):
+            model.sample(4, y=3)
+    with pytest.raises(ValueError, match=pattern):
+        PixelMixture().loss(x, y)
+    gmm, pts = GaussianMixture(), data.toy_2d("ring8", 4)
+    for call in (lambda: gmm.loss(pts, y), lambda: gmm.sample(4, y=y)):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
+def test_uniform_pixels_follows_its_device_and_has_no_state():
+    model = UniformPixels()
+    assert model.state_dict() == {}  # nothing to save: the device anchor is not persistent
+    assert model.to("meta").sample(3).device.type == "meta"
+    s = UniformPixels().sample(20000)
+    # every level equally likely: 17 bins of 20000 * 64 / 17 draws each
+    freq = torch.bincount(s.flatten(), minlength=17).double() / s.numel()
+    assert (freq - 1 / 17).abs().max() < 0.002
+
+
+def test_mnist_sized_configs_work_and_other_sizes_are_refused():
+    # 28x28 images at 17 levels, as load_mnist_idx gives them
+    torch.manual_seed(0)
+    x = torch.randint(0, 17, (5, 1, 28, 28))
+    uniform = UniformPixels(shape=(1, 28, 28))
+    torch.testing.assert_close(uniform.log_prob(x), torch.full((5,), -784 * math.log(17)))
+    assert uniform.sample(2).shape == (2, 1, 28, 28)
+    model = PixelMixture(PixelMixtureConfig(num_components=2, num_pixels=784))
+    with torch.no_grad():
+        model.pixel_logits.zero_()  # every pixel uniform: log p(x) = -784 ln 17 for any image
+    torch.testing.assert_close(model.log_prob(x), torch.full((5,), -784 * math.log(17)))
+    assert model.sample(3).shape == (3, 1, 28, 28)
+    with pytest.raises(
+        ValueError, match=r"Expected digits of shape \(N, 1, 28, 28\), got \(4, 1, 8, 8\)"
+    ):
+        model.log_prob(data.load_digits("val")[0][:4])
+    with pytest.raises(
+        ValueError, match=r"Expected digits of shape \(N, 1, 8, 8\), got \(5, 1, 28, 28\)"
+    ):
+        PixelMixture().log_prob(x)
+    with pytest.raises(ValueError, match="num_pixels must be the pixel count of square images"):
+        PixelMixtureConfig(num_pixels=50)
+
+
+def test_gaussian_mixture_checks_its_points():
+    gmm = GaussianMixture()
+    pts = data.toy_2d("ring8", 6)
+    torch.testing.assert_close(gmm.log_prob(pts.double()), gmm.log_prob(pts))  # converted
+    for bad, err, message in [
+        (
+            pts[:0],
+            ValueError,
+            r"^points must be a non-empty batch of shape \(N, 2\), got \(0, 2\)$",
+        ),
+        (
+            pts[:, :1],
+            ValueError,
+            r"^points must be a non-empty batch of shape \(N, 2\), got \(6, 1\)$",
+        ),
+        (torch.where(pts > 0, float("nan"), pts), ValueError, r"^points contain NaN or inf"),
+        (pts.numpy(), TypeError, r"^points must be a torch.Tensor of shape \(N, 2\), got ndarray$"),
+    ]:
+        with pytest.raises(err, match=message):
+            gmm.log_prob(bad)
+
+
+def test_init_from_data_puts_the_means_on_distinct_data_points():
+    pts = data.toy_2d("ring8", 50)
+    gmm = GaussianMixture()
+    gmm.init_from_data(pts, generator=torch.Generator().manual_seed(0))
+    # each mean is one of the points, and no point is used twice
+    match = (gmm.means.detach()[:, None, :] == pts[None]).all(-1)  # (8, 50)
+    assert (match.sum(1) == 1).all() and match.any(0).sum() == 8
+    with pytest.raises(ValueError, match=r"^points must hold at least num_components = 8 points"):
+        gmm.init_from_data(pts[:5])

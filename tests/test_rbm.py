@@ -245,3 +245,112 @@ def test_runs_on_the_meta_device():
     loss.backward()
     assert loss.device.type == "meta" and model.W.grad.device.type == "meta"
     assert model.log_prob(x).shape == (4,) and model.sample(3).device.type == "meta"
+
+
+# --------------------------------------------------------------------------- the contract
+def test_init_from_data_sets_the_smoothed_log_odds_of_the_pixel_counts():
+    # catches: init_from_data never called or its counts wrong (on/off swapped, alpha dropped)
+    x = load_digits("train")[0][:300]
+    model = RBM(RBMConfig(num_hidden=3)).init_from_data(x, alpha=0.5)
+    flat = x.flatten(1).tolist()
+    for i in range(64):
+        on = sum(row[i] >= 8 for row in flat)  # the binarization rule, counted by hand
+        want = math.log((on + 0.5) / (300 - on + 0.5))
+        assert model.b[i].item() == pytest.approx(want, abs=1e-5), i
+    assert torch.equal(model.base_logits, model.b.detach())  # the AIS base starts there too
+
+
+def test_the_recipe_starts_from_the_data_log_odds(monkeypatch):
+    # the book's recipe calls init_from_data: its visible biases are the train split's log odds
+    monkeypatch.setenv("DGM_EDU_FAST", "1")
+    from dgm_edu import rbm
+
+    seen = {}
+
+    def no_training(model, *args, **kwargs):
+        seen["b"] = model.b.detach().clone()
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(rbm, "fit", no_training)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        rbm.train_reference(progress=False)
+    want = RBM(RBMConfig(num_hidden=16)).init_from_data(load_digits("train")[0]).b
+    torch.testing.assert_close(seen["b"], want.detach())
+
+
+def test_ais_error_bars_are_log_of_one_plus_minus_three_standard_errors():
+    # two-sided: both bars close to the estimate, on either side, and consistent with one
+    # relative standard error s: high = log Z + log(1 + 3s), low = log Z + log(1 - 3s)
+    model = tiny_rbm(V=20, H=8, scale=0.6, seed=3)
+    with torch.no_grad():
+        model.base_logits.copy_(model.b)
+    exact = model.exact_log_partition()
+    est = model.ais_log_partition(1000, 200, generator=torch.Generator().manual_seed(9))
+    up, down = est.log_z_high - est.log_z, est.log_z - est.log_z_low
+    assert 0 < up < 0.1 and 0 < down < 0.1, (up, down)
+    three_s = math.exp(up) - 1
+    assert down == pytest.approx(-math.log(1 - three_s), rel=1e-9)
+    assert est.log_z_low - 0.02 <= exact <= est.log_z_high + 0.02
+
+
+@pytest.mark.parametrize(
+    ("steps", "err", "message"),
+    [
+        (0, ValueError, "steps must be an int >= 1, got 0"),
+        (-1, ValueError, "steps must be an int >= 1, got -1"),
+        (2.5, TypeError, r"steps must be an int, got 2.5 \(float\)"),
+    ],
+)
+def test_sample_refuses_steps_that_would_return_the_noise(steps, err, message):
+    with pytest.raises(err, match=f"^{message}$"):
+        RBM(RBMConfig(num_hidden=4)).sample(3, steps=steps)
+
+
+def test_sample_is_the_gibbs_chain_and_round_trips_through_binarize():
+    model = RBM(RBMConfig(num_hidden=6, init_std=0.5))
+    s = model.sample(50, steps=4, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the same draws by hand: noise, then 4 sweeps
+    v = model.gibbs_chain(torch.bernoulli(torch.full((50, 64), 0.5), generator=g), 4, g)
+    assert torch.equal(s, (v * 16).long().view(50, 1, 8, 8))
+    assert torch.equal(binarize(s).flatten(1), v)  # levels 0/16 -> binary: the identity
+
+
+def test_sample_zero_and_labels():
+    model = RBM(RBMConfig(num_hidden=4))
+    s = model.sample(0)
+    assert s.shape == (0, 1, 8, 8) and s.dtype == torch.int64
+    x, y = load_digits("val")[0][:4], load_digits("val")[1][:4]
+    pattern = r"y was given but this model is unconditional \(num_classes=0\): expected y=None"
+    for call in (
+        lambda: model.sample(4, y=3),
+        lambda: model.log_prob(x, y),
+        lambda: model.loss(x, y),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            call()
+    with pytest.raises(ValueError, match=pattern):
+        model.eval().loss(x, y)
+
+
+def test_mnist_sized_rbm_takes_28x28_digits():
+    torch.manual_seed(0)
+    model = RBM(RBMConfig(num_visible=784, num_hidden=4, num_chains=5))
+    x = torch.randint(0, 17, (6, 1, 28, 28))
+    with torch.no_grad():
+        model.W.zero_()
+        model.b.copy_(torch.randn(784))
+    v, b = binarize(x, (1, 28, 28)).flatten(1).double(), model.b.double()
+    bernoulli = v @ b - torch.nn.functional.softplus(b).sum()  # independent pixels
+    torch.testing.assert_close(model.log_prob(x).double(), bernoulli, atol=1e-3, rtol=0)
+    assert model.sample(2, steps=2).shape == (2, 1, 28, 28)
+    assert torch.isfinite(model.train().loss(x))
+    with pytest.raises(ValueError, match=r"Expected digits of shape \(N, 1, 28, 28\)"):
+        model.log_prob(load_digits("val")[0][:2])
+    with pytest.raises(ValueError, match="num_pixels must be the pixel count of square images"):
+        RBM(RBMConfig(num_visible=5, num_hidden=2)).log_prob(x)
+
+
+def test_init_from_data_refuses_a_smoothing_that_gives_infinite_biases():
+    x = load_digits("train")[0][:20]
+    with pytest.raises(ValueError, match=r"^alpha must be a finite number > 0, got 0.0$"):
+        RBM(RBMConfig(num_hidden=3)).init_from_data(x, alpha=0)

@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Categorical, Normal, kl_divergence
 
-from dgm_edu.data import load_digits
+from dgm_edu.data import from_unit, load_digits
+from dgm_edu.densities import normal_log_prob
 from dgm_edu.vae import (
     VAE,
     VAEConfig,
@@ -16,7 +17,6 @@ from dgm_edu.vae import (
     categorical_log_prob,
     gaussian_kl,
     iwae_bound,
-    normal_log_prob,
     reference_config,
     reparameterize,
 )
@@ -183,8 +183,9 @@ def test_active_units_finds_a_collapsed_dimension(digits):
         head = model.encoder.net[-1]  # Linear -> (mu, logvar)
         head.weight[:2] *= 100.0  # dims 0, 1: the mean varies strongly with x
         head.weight[2:4] = 0.0  # dims 2, 3: the mean is the same for every x (collapsed)
-    n, var = active_units(model, digits)
+    n, var = active_units(model.train(), digits)
     assert n == 2 and (var[2:] < 1e-10).all()
+    assert model.training  # the caller's mode is restored
 
 
 def test_random_model_fails_the_fast_mode_threshold():
@@ -202,3 +203,135 @@ def test_works_under_autocast_and_rejects_unit_floats(digits):
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     with pytest.raises(ValueError, match="integer levels"):
         model.loss(digits.float() / 16)
+
+
+# --------------------------------------------------------------------------- the ELBO, by hand
+def _large_kl_model() -> VAE:
+    """A VAE whose posterior means are far from 0: a KL of tens of nats per image."""
+    model = VAE(SMALL).eval()
+    with torch.no_grad():
+        head = model.encoder.net[-1]  # Linear -> (mu, logvar)
+        head.weight[:4] *= 200.0
+        head.bias[:4] += 3.0
+    return model
+
+
+def test_elbo_is_reconstruction_minus_kl_on_a_model_with_a_large_kl(digits):
+    # catches: rec + kl, reparameterize(logvar, mu), the KL of the wrong distribution
+    model = _large_kl_model()
+    x = digits[:8]
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        q = Normal(mu, (0.5 * logvar).exp())
+        kl = kl_divergence(q, Normal(0.0, 1.0)).sum(-1)  # (8,), torch's closed form
+        torch.manual_seed(3)
+        z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape)  # the reparameterized draw
+        logits = model.decode(z).permute(0, 2, 3, 1)  # (8, 8, 8, 17): a categorical per pixel
+        rec = Categorical(logits=logits).log_prob(x[:, 0]).sum((1, 2))  # (8,)
+        torch.manual_seed(3)
+        elbo = model.elbo(x)
+        torch.manual_seed(3)
+        rec_lib, kl_lib = model.elbo_terms(x)
+    assert kl.min() > 20, kl  # large enough that rec + kl and rec - kl are far apart
+    torch.testing.assert_close(kl_lib, kl, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(rec_lib, rec, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(elbo, rec - kl, atol=1e-3, rtol=1e-5)
+
+
+def test_reconstruct_is_the_mode_of_the_decoder_at_the_posterior_mean(digits):
+    # catches: a sampled z (or logvar) in place of mu, the argmax over the wrong axis
+    model = _large_kl_model()
+    x = digits[:8]
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+        want = model.decode(mu).argmax(1, keepdim=True)  # (8, 1, 8, 8)
+    got = model.reconstruct(x)
+    assert got.dtype == torch.int64 and got.shape == (8, 1, 8, 8)
+    assert torch.equal(got, want)
+    assert torch.equal(model.reconstruct(x), got)  # deterministic: no sampling
+    # a decoder that copies its input back: pin the decoder's logits to the digits themselves
+    model.decode = lambda z, y=None: (
+        torch.nn.functional.one_hot(x[:, 0], 17).permute(0, 3, 1, 2) * 50.0
+    )
+    assert torch.equal(model.reconstruct(x), x)
+
+
+def test_the_encoder_sees_the_levels_on_the_unit_grid_and_they_round_trip(digits):
+    model = VAE(SMALL).eval()
+    seen = []
+    model.encoder.net[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    model.encode(digits)
+    torch.testing.assert_close(seen[0], digits.float() / 16, rtol=0, atol=0)
+    assert torch.equal(from_unit(seen[0]), digits)  # levels -> [0, 1] -> levels: the identity
+
+
+# --------------------------------------------------------------------------- the contract
+def test_labels_are_checked_where_they_enter():
+    model = VAE(VAEConfig(latent_dim=4, channels=8, num_classes=10)).eval()
+    x, y = load_digits("val")
+    x, y = x[:8], y[:8]
+    with pytest.raises(TypeError, match=r"^y must hold integer classes, got dtype torch.float32$"):
+        model.loss(x, torch.full((8,), 3.7))  # used to be truncated to 3
+    with pytest.raises(
+        ValueError, match=r"^y must hold classes in \[0, 10\), got values in \[0, 10\]$"
+    ):
+        model.log_prob(x, torch.tensor([0, 1, 2, 3, 4, 5, 6, 10]), k=2)
+    with pytest.raises(
+        TypeError, match=r"^y must be an int or an \(n,\) integer tensor of classes"
+    ):
+        model.sample(4, y=3.7)
+    with pytest.raises(ValueError, match=r"^y must have shape \(4,\), one class per item"):
+        model.sample(4, y=y)
+    unconditional = VAE(SMALL)
+    with pytest.raises(ValueError, match=r"^y was given but this model is unconditional"):
+        unconditional.sample(4, y=3)
+    with pytest.raises(ValueError, match=r"^y was given but this model is unconditional"):
+        unconditional.loss(x, y)
+
+
+def test_conditional_sample_without_labels_stratifies_the_classes():
+    model = VAE(VAEConfig(latent_dim=4, channels=8, num_classes=10)).eval()
+    torch.manual_seed(0)
+    drawn = model.sample(25, mode=True)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, model.sample(25, y=torch.arange(25) % 10, mode=True))
+    torch.manual_seed(0)
+    assert not torch.equal(drawn, model.sample(25, y=torch.zeros(25, dtype=torch.long), mode=True))
+
+
+def test_sample_zero_and_bad_arguments():
+    for config in (SMALL, VAEConfig(latent_dim=4, channels=8, num_classes=10)):
+        s = VAE(config).sample(0)
+        assert s.shape == (0, 1, 8, 8) and s.dtype == torch.int64
+    model = VAE(SMALL)
+    with pytest.raises(ValueError, match=r"^n must be a non-negative int, got -1$"):
+        model.sample(-1)
+    with pytest.raises(TypeError, match=r"^n must be a non-negative int, got 2.0 \(float\)$"):
+        model.sample(2.0)
+    with pytest.raises(ValueError, match=r"^z must be a tensor of shape \(3, 4\), got \(3, 5\)$"):
+        model.sample(3, z=torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"^k must be an int >= 1, got 0$"):
+        model.log_prob(load_digits("val")[0][:2], k=0)
+
+
+def test_log_prob_keeps_gradients_and_loss_is_the_negative_elbo(digits):
+    model = VAE(SMALL).eval()
+    model.log_prob(digits[:4], k=3).sum().backward()
+    assert model.decoder.inp.weight.grad.abs().sum() > 0
+    torch.manual_seed(1)
+    loss = model.loss(digits)
+    torch.manual_seed(1)
+    assert torch.equal(loss, -model.elbo(digits).mean())  # beta = 1, eval mode: the -ELBO
+
+
+def test_digits_of_other_dtypes_give_the_same_loss_and_other_sizes_are_refused(digits):
+    model = VAE(SMALL).eval()
+    torch.manual_seed(0)
+    want = model.loss(digits)
+    for dtype in (torch.float32, torch.uint8, torch.int32):  # used to fail in gather
+        torch.manual_seed(0)
+        assert torch.equal(model.loss(digits.to(dtype)), want)
+    with pytest.raises(
+        ValueError, match=r"Expected digits of shape \(N, 1, 8, 8\), got \(2, 1, 28, 28\)"
+    ):
+        model.loss(torch.zeros(2, 1, 28, 28, dtype=torch.long))

@@ -16,7 +16,10 @@ from dgm_edu.data import load_digits
 from dgm_edu.metrics import evaluate_nll
 
 SHIPPED = weights.names()
-needs_weights = pytest.mark.skipif(not SHIPPED, reason="no weights shipped yet (make weights)")
+
+
+def test_the_reference_weights_are_shipped():
+    assert SHIPPED, "no reference weights are shipped: build them with `make weights`"
 
 
 # --------------------------------------------------------------------------- modes
@@ -61,7 +64,6 @@ def test_unknown_name_is_refused():
         weights.obtain("vea")
 
 
-@needs_weights
 def test_a_changed_or_missing_file_is_refused(tmp_path, monkeypatch):
     shutil.copytree(weights.weights_dir(), tmp_path / "w")
     monkeypatch.setenv("DGM_EDU_WEIGHTS", str(tmp_path / "w"))
@@ -77,7 +79,6 @@ def test_a_changed_or_missing_file_is_refused(tmp_path, monkeypatch):
         weights.load(name)
 
 
-@needs_weights
 def test_headline_models_are_shipped_within_the_size_budget():
     assert set(weights.HEADLINE) <= set(SHIPPED)
     total = sum(weights.entry(n)["bytes"] for n in SHIPPED)
@@ -90,13 +91,11 @@ def test_headline_models_are_shipped_within_the_size_budget():
         assert weights.recipe(name).chapter == row["chapter"]
 
 
-@needs_weights
 def test_manifest_lists_exactly_the_files_shipped():
     files = {p.name for p in weights.weights_dir().glob("*.safetensors")}
     assert files == {weights.entry(n)["file"] for n in SHIPPED}
 
 
-@needs_weights
 def test_autoregressive_reproduces_its_exact_test_nll():
     x, _ = load_digits("test")
     model = weights.load("autoregressive", device="cpu")
@@ -107,7 +106,6 @@ def test_autoregressive_reproduces_its_exact_test_nll():
     )
 
 
-@needs_weights
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_reproduces_its_recorded_figures(name):
     """Each entry's figures recomputed (slow estimators swapped for the recorded cheap check,
@@ -123,7 +121,6 @@ def test_shipped_model_reproduces_its_recorded_figures(name):
         assert now[key] == pytest.approx(recorded[key], rel=1e-3, abs=1e-3), (name, key)
 
 
-@needs_weights
 def test_loaded_model_is_ready_for_log_prob_and_sample():
     x, _ = load_digits("test")
     for name in ("mixture", "vae", "autoregressive", "flows", "diffusion", "rbm"):
@@ -136,7 +133,6 @@ def test_loaded_model_is_ready_for_log_prob_and_sample():
     assert s.shape == (3, 1, 8, 8) and s.min() >= 0 and s.max() <= 16
 
 
-@needs_weights
 def test_obtain_uses_the_shipped_weights_in_reference_mode(monkeypatch):
     monkeypatch.delenv("DGM_EDU_FAST", raising=False)
     monkeypatch.setenv("DGM_EDU_MODE", "reference")
@@ -179,13 +175,11 @@ def _rebuild_and_compare(name: str, tmp_path: Path, monkeypatch) -> None:
     assert json.loads((tmp_path / "w" / "manifest.json").read_text())["entries"][name]
 
 
-@needs_weights
 @pytest.mark.parametrize("name", ["mixture", "rbm"])
 def test_cheap_entries_rebuild_bit_for_bit(name, tmp_path, monkeypatch):
     _rebuild_and_compare(name, tmp_path, monkeypatch)
 
 
-@needs_weights
 @pytest.mark.skipif(os.environ.get("DGM_EDU_REBUILD_ALL") != "1", reason="opt-in: minutes each")
 @pytest.mark.parametrize("name", [n for n in SHIPPED if "@" not in n])
 def test_every_entry_rebuilds_bit_for_bit(name, tmp_path, monkeypatch):
