@@ -90,9 +90,11 @@ weights: setup
 benchmark-shipped: setup
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/run.py --shipped
 
-## readme: regenerate the README's results table from the manifest and the shipped-weights table
+## readme: regenerate the README's results table (from the manifest and the shipped-weights table)
+## and the chapter map (README, book/index.md, book/_toc.yml: from the chapters' front matter)
 readme: setup
 	$(BIN)/python scripts/readme_results.py
+	$(BIN)/python scripts/chapter_map.py
 
 verify-weights: setup
 	$(BIN)/python -m dgm_edu.weights verify
