@@ -10,6 +10,7 @@ repository's, plus the module to mutate and its tests), and runs mutmut there:
 2. ``mutmut run`` plants every mutant (a flipped operator or sign, a changed constant, a dropped
    argument, a swapped name...) and runs, for each, only the selected tests that call the mutated
    function (mutmut records which tests reach which function);
+   (recipes, ``train_*`` and ``reference_config``, are not math and are not mutated);
 3. the report counts, per module, the mutants caught (a test failed or timed out) among those
    that change behaviour: the survivors listed in ``tests/mutation_equivalents.txt`` (mutants
    that change nothing, each with its reason) are left out of the share.
@@ -29,6 +30,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,6 +127,27 @@ def _unwrap_no_grad(source: str) -> str:
     return cst.parse_module(source).visit(Rewrite()).code
 
 
+# Recipes: a model trained for minutes with the book's hyper-parameters. Not math: their tests
+# are the weights rebuilds (tests/test_weights.py), so they are not mutated.
+RECIPE = re.compile(r"(train_\w+|reference_config)")
+
+
+def _exclude_recipes(source: str) -> str:
+    """Wrap each module-level recipe in ``# pragma: no mutate start`` / ``end``."""
+    import ast
+
+    lines = source.splitlines()
+    spans = [
+        (min([node.lineno, *(d.lineno for d in node.decorator_list)]), node.end_lineno)
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef) and RECIPE.fullmatch(node.name)
+    ]
+    for start, end in sorted(spans, reverse=True):
+        lines.insert(end, "# pragma: no mutate end")
+        lines.insert(start - 1, "# pragma: no mutate start")
+    return "\n".join(lines) + "\n"
+
+
 def _mutmut_config() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text()).get("tool", {}).get("mutmut", {})
 
@@ -150,7 +173,7 @@ def prepare(module: str, tests: list[str], deselect: list[str]) -> Path:
     )
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     target = work / "dgm_edu" / f"{module}.py"
-    target.write_text(_unwrap_no_grad(target.read_text()))
+    target.write_text(_exclude_recipes(_unwrap_no_grad(target.read_text())))
     config = _mutmut_config()
     config |= {
         "source_paths": ["dgm_edu"],
