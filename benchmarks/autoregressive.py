@@ -43,17 +43,11 @@ def main() -> None:
         "sample_64_seconds": round(sample_seconds, 2),
         "val_curve": [round(v, 2) for v in history.val_loss],
     }
-    result = common.make_result(
-        "autoregressive",
-        mode,
+    common.finish(
+        "autoregressive", mode, model, history, args.out_dir,
         estimator="exact log-likelihood (chain rule), nats per image of the discrete data",
-        nll_nats=round(nll, 3),
-        eval_seconds=round(eval_seconds, 2),
-        params=sum(p.numel() for p in model.parameters()),
-        **common.history_fields(history),
-        extra=extra,
-    )
-    common.write_result(result, args.out_dir)
+        nll_nats=round(nll, 3), eval_seconds=round(eval_seconds, 2), extra=extra,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

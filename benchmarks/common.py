@@ -143,6 +143,16 @@ def make_result(family: str, mode: str, **fields: Any) -> dict[str, Any]:
     return result
 
 
+def finish(
+    family: str, mode: str, model: Any, history: Any, out_dir: Path | None, **fields: Any
+) -> Path:
+    """The tail of every benchmark that trained ``model``: its parameter count and the history's
+    fields (:func:`history_fields`) with ``fields`` (which override them: a GAN has no best
+    epoch) through :func:`make_result`, written by :func:`write_result`; returns the path."""
+    derived = {"params": sum(p.numel() for p in model.parameters()), **history_fields(history)}
+    return write_result(make_result(family, mode, **{**derived, **fields}), out_dir)
+
+
 def result_path(stem: str, mode: str, out_dir: Path | None = None) -> Path:
     """``<out_dir>/<stem>.json``, or ``<stem>-fast.json`` in fast mode (default: results/)."""
     directory = Path(out_dir) if out_dir is not None else RESULTS_DIR

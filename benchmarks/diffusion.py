@@ -74,24 +74,17 @@ def main() -> None:
         "samplers": samplers,
         "ddim50_speedup": samplers[HEADLINE_SAMPLER]["seconds"] / samplers["ddim_50"]["seconds"],
     }
-    result = common.make_result(
-        "diffusion",
-        mode,
+    common.finish(
+        "diffusion", mode, model, hist, args.out_dir,
         estimator=(
             f"variational bound with T={model.config.T}: exact prior KL + "
             f"{model.config.bound_samples} timesteps per image stratified in log-SNR "
             "(importance weights w_t) + 1 sample of the discretized-Gaussian decoder at t=1; "
             "unconditional (null label)"
         ),
-        nll_nats=bound,
-        fid=samplers[HEADLINE_SAMPLER]["fid"],
-        samples=n,
-        eval_seconds=eval_seconds,
-        params=sum(p.numel() for p in model.parameters()),
-        **common.history_fields(hist),
-        extra=extra,
-    )
-    common.write_result(result, args.out_dir)
+        nll_nats=bound, fid=samplers[HEADLINE_SAMPLER]["fid"], samples=n,
+        eval_seconds=eval_seconds, extra=extra,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -69,17 +69,12 @@ def main() -> None:
         "feature_net": "dgm_edu/assets/digits_features.pt (98.7% test accuracy)",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
-    result = common.make_result(
-        "gan",
-        mode,
+    common.finish(
+        "gan", mode, model, hist, args.out_dir,
         estimator="none: a GAN is an implicit model (no log_prob)",
-        **common.quality_fields(quality, NUM_SAMPLES),
-        eval_seconds=eval_seconds,
-        params=sum(p.numel() for p in model.parameters()),
-        **{**common.history_fields(hist), "best_epoch": None},  # no best epoch: last weights
-        extra=extra,
-    )
-    common.write_result(result, args.out_dir)
+        **common.quality_fields(quality, NUM_SAMPLES), eval_seconds=eval_seconds,
+        best_epoch=None, extra=extra,  # no best epoch: the last weights
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

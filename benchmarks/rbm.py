@@ -63,17 +63,11 @@ def main() -> None:
         "best_val_nll_nats": history.best_val,
         "train_seconds_note": "includes the exact validation NLL after every epoch",
     }
-    result = common.make_result(
-        "rbm",
-        mode,
+    common.finish(
+        "rbm", mode, model, history, args.out_dir,
         estimator="exact log-likelihood (log Z by enumerating the 2^H hidden states)",
-        nll_nats=test_nll,
-        eval_seconds=eval_seconds,
-        params=sum(p.numel() for p in model.parameters()),
-        **common.history_fields(history),
-        extra=extra,
-    )
-    common.write_result(result, args.out_dir)
+        nll_nats=test_nll, eval_seconds=eval_seconds, extra=extra,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -62,17 +62,12 @@ def main() -> None:
         "latent_dim": model.config.latent_dim,
         "targets": {"test_nll_iwae1000_max": 82.0, "test_neg_elbo_max": 86.0},
     }
-    result = common.make_result(
-        "vae",
-        mode,
+    common.finish(
+        "vae", mode, model, hist, args.out_dir,
         estimator=f"IWAE bound, k={args.k} (upper bound on the NLL)",
-        nll_nats=round(-iwae_k.mean().item(), 3),
-        eval_seconds=round(eval_seconds, 1),
-        params=sum(p.numel() for p in model.parameters()),
-        **common.history_fields(hist),
+        nll_nats=round(-iwae_k.mean().item(), 3), eval_seconds=round(eval_seconds, 1),
         extra=extra,
-    )
-    common.write_result(result, args.out_dir)
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -175,6 +175,13 @@ class _PixelModel(nn.Module):
         return checks.levels_out(x, c.levels)
 
 
+def output_head(c: PixelCNNConfig, act: type[nn.Module]) -> nn.Sequential:
+    """Two 1x1 convs from the features to the logits of the ``levels`` values of each pixel."""
+    return nn.Sequential(
+        act(), nn.Conv2d(c.channels, c.channels, 1), act(), nn.Conv2d(c.channels, c.levels, 1)
+    )
+
+
 class PixelCNN(_PixelModel):
     """Type-A masked conv, residual type-B convs, then a 1x1 head to L logits per pixel."""
 
@@ -186,12 +193,7 @@ class PixelCNN(_PixelModel):
             MaskedConv2d(c.channels, c.channels, c.kernel_size, "B") for _ in range(c.num_layers)
         )
         self.dropout = nn.Dropout(c.dropout)
-        self.head = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv2d(c.channels, c.channels, 1),
-            nn.ReLU(),
-            nn.Conv2d(c.channels, c.levels, 1),
-        )
+        self.head = output_head(c, nn.ReLU)
 
     def forward(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.input(h)  # (N, C, H, W): pixel i sees only pixels < i
@@ -240,12 +242,7 @@ class GatedPixelCNN(_PixelModel):
         c = config or PixelCNNConfig()
         super().__init__(c, cond_channels=2 * c.channels)  # a bias for both the tanh and the gate
         self.layers = nn.ModuleList(GatedLayer(c, first=i == 0) for i in range(c.num_layers))
-        self.head = nn.Sequential(
-            nn.ELU(),
-            nn.Conv2d(c.channels, c.channels, 1),
-            nn.ELU(),
-            nn.Conv2d(c.channels, c.levels, 1),
-        )
+        self.head = output_head(c, nn.ELU)
 
     def forward(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         cond = self._cond(y, len(h))

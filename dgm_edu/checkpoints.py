@@ -61,10 +61,17 @@ __all__ = [
 
 TRAINING_KEYS = ("model", "optimizers", "history", "epoch", "bad_epochs", "best_model", "rng_cpu")
 HOW_TO_PROCEED = "delete the file or pass resume=False to train afresh"
+WRITTEN = "a file written by dgm_edu.train.save_checkpoint"
+AFRESH = "delete it or pass another path to train afresh"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, that belongs to another model or run, or is in use."""
+
+
+def _refused(path: Path | str, what: str, expected: str) -> CheckpointError:
+    """The error for a checkpoint that cannot be used: what it is, and what was expected."""
+    return CheckpointError(f"Checkpoint {path} {what}: expected {expected}")
 
 
 # --------------------------------------------------------------------------- the file format
@@ -150,16 +157,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"unsafe ({first})"
         ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(
-            f"Checkpoint {path} holds a {type(state).__name__}, not a dict: expected a file "
-            f"written by dgm_edu.train.save_checkpoint (it was not written by dgm_edu)"
+        raise _refused(
+            path,
+            f"holds a {type(state).__name__}, not a dict",
+            f"{WRITTEN} (it was not written by dgm_edu)",
         )
     if "sha256" not in state:
-        raise CheckpointError(
-            f"Checkpoint {path} has no sha256 digest: expected a file written by "
-            f"dgm_edu.train.save_checkpoint, which seals every checkpoint (it was not written by "
-            f"dgm_edu, or its digest was removed)"
-        )
+        why = "which seals every checkpoint (not written by dgm_edu, or its digest was removed)"
+        raise _refused(path, "has no sha256 digest", f"{WRITTEN}, {why}")
     saved = state.pop("sha256")
     if saved != _digest(state):
         raise CheckpointError(
@@ -486,10 +491,8 @@ def restore_training_state(
         )
     saved_id = state.get("model_class")
     if saved_id != model_id(model):
-        raise CheckpointError(
-            f"Checkpoint {path} was saved from a {saved_id}, not a {model_id(model)}: expected a "
-            f"checkpoint of this model (delete it or pass another path to train afresh)"
-        )
+        what = f"was saved from a {saved_id}, not a {model_id(model)}"
+        raise _refused(path, what, f"a checkpoint of this model ({AFRESH})")
     _check_model_state(model, state["model"], str(path))
     if set(state["optimizers"]) != set(optimizers):
         raise CheckpointError(

@@ -91,6 +91,10 @@ def labels(
     if isinstance(y, bool):
         raise TypeError(f"{name} must be an int or an (n,) integer tensor, got a bool")
     if isinstance(y, numbers.Integral):
+        if not 0 <= y < num_classes:
+            raise ValueError(
+                f"{name} must hold classes in [0, {num_classes}), got values in [{y}, {y}]"
+            )
         y = torch.full((n,), int(y), dtype=torch.long)
     if not isinstance(y, torch.Tensor):
         raise TypeError(

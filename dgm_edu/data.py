@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from dgm_edu import checks
+
 LEVELS = 17  # grey levels 0..16 in the 8x8 digits
 IMAGE_SHAPE = (1, 8, 8)
 NUM_PIXELS = 64
@@ -199,6 +201,46 @@ def make_loader(
     return DataLoader(
         TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last
     )
+
+
+# --------------------------------------------------------------------------- anomalies
+ANOMALIES = ("noise", "shifted", "inverted", "blank")
+
+
+def anomalies(
+    x: torch.Tensor,
+    kind: str,
+    *,
+    pixels: int = 2,
+    shape: tuple[int, int, int] = IMAGE_SHAPE,
+    levels: int = LEVELS,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One anomalous image for each raw digit of ``x``: int64 levels, the shape of ``x``.
+
+    The book's one set of anomalies (chapters 3 and 8 score them with
+    :func:`dgm_edu.metrics.roc`, where the anomalies are the positives):
+
+    - ``"noise"``: every pixel uniform on the levels 0..L−1 (drawn with ``generator``);
+    - ``"shifted"``: each digit moved ``pixels`` columns to the right, the columns that enter on
+      the left filled with background (0). Not a roll: ``torch.roll`` would carry the ink of the
+      right edge round to the left edge, a second, artificial anomaly;
+    - ``"inverted"``: L − 1 − x, ink and background swapped;
+    - ``"blank"``: all background (0): the simplest image, which likelihoods tend to rate highly.
+    """
+    x = validate_digits(x, shape, levels)  # (N, C, H, W)
+    if kind == "noise":
+        return torch.randint(0, levels, x.shape, generator=generator, device=x.device)
+    if kind == "shifted":
+        pixels = checks.integer(pixels, "pixels", low=1, high=x.shape[-1] - 1)
+        out = torch.zeros_like(x)
+        out[..., pixels:] = x[..., :-pixels]  # column j + pixels <- column j; 0 enters on the left
+        return out
+    if kind == "inverted":
+        return (levels - 1) - x
+    if kind == "blank":
+        return torch.zeros_like(x)
+    raise ValueError(f"kind must be one of {ANOMALIES}, got {kind!r}")
 
 
 # --------------------------------------------------------------------------- 2D toys

@@ -45,13 +45,11 @@ from dgm_edu.data import (
     NUM_CLASSES,
     digits_loader,
     from_signed,
-    make_loader,
     to_signed,
-    toy_2d,
     validate_digits,
 )
 from dgm_edu.runtime import budget, module_device, seed_everything
-from dgm_edu.train import History, fit
+from dgm_edu.train import History, fit, fit_toy
 from dgm_edu.unet import MLP, UNet
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -441,12 +439,11 @@ def train_toy(
     progress: bool = True,
     seed: int = 0,
 ) -> History:
-    """Train a 2D diffusion or flow-matching model on one of ``data.toy_2d``'s toys."""
+    """Chapter 7's toy recipe for a 2D diffusion or flow-matching ``model``: the shared toy fit,
+    :func:`dgm_edu.train.fit_toy`, on ``n`` points of ``data.toy_2d(name)``, with Adam (lr 3e-3)
+    annealed to 0 by a cosine schedule, batches of 512, ``budget(fast=80, full=300)`` epochs."""
     epochs = budget(fast=80, full=300) if epochs is None else epochs
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    loader = make_loader(toy_2d(name, n, seed=seed), batch_size=512, shuffle=True)
-    return fit(
-        model, opt, loader, epochs=epochs, checkpoint=checkpoint, progress=progress, seed=seed,
-        scheduler=sched, desc=f"toy-{name}",
+    return fit_toy(
+        model, name, n=n, epochs=epochs, batch_size=512, lr=3e-3, schedule="cosine", seed=seed,
+        checkpoint=checkpoint, progress=progress,
     )  # fmt: skip

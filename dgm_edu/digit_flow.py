@@ -53,6 +53,19 @@ def _hidden_layers(make: Callable[[], nn.Module], depth: int, dropout: float) ->
     return layers
 
 
+@dataclass(frozen=True)
+class NetShape:
+    """What a coupling network maps: ``in_ch`` maps of ``size`` x ``size`` in, ``out_ch`` out,
+    through ``depth`` hidden layers of width ``hidden``."""
+
+    in_ch: int
+    hidden: int
+    out_ch: int
+    depth: int = 2
+    size: int = 8
+    dropout: float = 0.0
+
+
 class ConvNet(nn.Module):
     """The coupling network for images: 3x3 convs with GELU, a zero-initialised output conv.
 
@@ -60,22 +73,14 @@ class ConvNet(nn.Module):
     the first conv tells them (the border pixels of a digit behave nothing like the centre).
     """
 
-    def __init__(
-        self,
-        in_ch: int,
-        hidden: int,
-        out_ch: int,
-        depth: int = 2,
-        size: int = 8,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, s: NetShape) -> None:
         super().__init__()
-        self.position = nn.Parameter(torch.zeros(1, hidden, size, size))
-        self.first = nn.Conv2d(in_ch, hidden, 3, padding=1)
-        conv = lambda: nn.Conv2d(hidden, hidden, 3, padding=1)  # noqa: E731
+        self.position = nn.Parameter(torch.zeros(1, s.hidden, s.size, s.size))
+        self.first = nn.Conv2d(s.in_ch, s.hidden, 3, padding=1)
+        conv = lambda: nn.Conv2d(s.hidden, s.hidden, 3, padding=1)  # noqa: E731
         self.net = nn.Sequential(
-            *_hidden_layers(conv, depth, dropout),
-            zero_init(nn.Conv2d(hidden, out_ch, 3, padding=1)),
+            *_hidden_layers(conv, s.depth, s.dropout),
+            zero_init(nn.Conv2d(s.hidden, s.out_ch, 3, padding=1)),
         )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -85,22 +90,14 @@ class ConvNet(nn.Module):
 class FlatMLP(nn.Module):
     """A coupling network that sees the whole image: flatten, MLP, reshape to ``out_ch`` maps."""
 
-    def __init__(
-        self,
-        in_ch: int,
-        hidden: int,
-        out_ch: int,
-        depth: int = 2,
-        size: int = 8,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, s: NetShape) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_ch * size * size, hidden),
-            *_hidden_layers(lambda: nn.Linear(hidden, hidden), depth, dropout),
-            zero_init(nn.Linear(hidden, out_ch * size * size)),
-            nn.Unflatten(1, (out_ch, size, size)),
+            nn.Linear(s.in_ch * s.size * s.size, s.hidden),
+            *_hidden_layers(lambda: nn.Linear(s.hidden, s.hidden), s.depth, s.dropout),
+            zero_init(nn.Linear(s.hidden, s.out_ch * s.size * s.size)),
+            nn.Unflatten(1, (s.out_ch, s.size, s.size)),
         )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -130,7 +127,8 @@ def coupling_stack(
         # in: m*x, m, cond; out: s, t
         layers.append(
             AffineCoupling(
-                checkerboard_mask(8, 8, k % 2), body(2 + cond_ch, hidden, 2, depth, dropout=dropout)
+                checkerboard_mask(8, 8, k % 2),
+                body(NetShape(2 + cond_ch, hidden, 2, depth, dropout=dropout)),
             )
         )
     return Flow(layers)

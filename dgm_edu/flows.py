@@ -30,10 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgm_edu import checks
-from dgm_edu.data import make_loader, toy_2d
 from dgm_edu.densities import standard_normal_log_prob, sum_except_batch
-from dgm_edu.runtime import budget, module_device, seed_everything
-from dgm_edu.train import History, fit
+from dgm_edu.runtime import budget, module_device, module_dtype, seed_everything
+from dgm_edu.train import History, fit_toy
 
 Layer = TypeVar("Layer", bound=nn.Module)
 
@@ -377,7 +376,8 @@ class Flow2D(nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) = log N(f(x); 0, I) + log |det ∂f/∂x|, per point: ``(B, D) -> (B,)``."""
-        z, logdet = self.flow(checks.points(x, self.config.dim, "x"))
+        x = checks.points(x, self.config.dim, "x").to(module_dtype(self))  # (B, D)
+        z, logdet = self.flow(x)
         return standard_normal_log_prob(z) + logdet
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -411,16 +411,15 @@ def train_toy(
 ) -> tuple[Flow2D, History]:
     """Fit a :class:`Flow2D` to one of ``data.toy_2d``'s toys by maximum likelihood (chapter 6).
 
-    Its training points are ``toy_2d(name, budget(fast=2000, full=8000), seed=seed)``.
+    The recipe builds the flow and hands it to the shared toy fit, :func:`dgm_edu.train.fit_toy`:
+    ``budget(fast=2000, full=8000)`` points of ``toy_2d(name, seed=seed)``, Adam (lr 5e-3)
+    annealed to 0 by a cosine schedule, batches of 128, ``budget(fast=20, full=150)`` epochs.
     """
     seed_everything(seed)
-    points = toy_2d(name, n=budget(fast=2000, full=8000), seed=seed)
     model = Flow2D(Flow2DConfig(kind=kind, num_layers=num_layers, hidden=64))
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    epochs = budget(fast=20, full=150)
-    hist = fit(
-        model, opt, make_loader(points, batch_size=128, shuffle=True), epochs=epochs,
-        scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs), checkpoint=checkpoint,
-        progress=progress, device="cpu", seed=seed, desc=f"flow-{name}",
+    hist = fit_toy(
+        model, name, n=budget(fast=2000, full=8000), epochs=budget(fast=20, full=150),
+        batch_size=128, lr=5e-3, schedule="cosine", seed=seed, checkpoint=checkpoint,
+        progress=progress, device="cpu", desc=f"flow-{name}",
     )  # fmt: skip
     return model.eval(), hist

@@ -367,59 +367,39 @@ def train_reference(
     """The book's recipes: ``data="digits"`` (the benchmark) or ``data="ring8"`` (the 2D toy).
 
     Non-saturating loss, Adam(beta1=0.5) for both players, no early stopping and no best-epoch
-    restore (the validation loss is the discriminator's, not a quality measure). ``config``
+    restore (the validation loss is the discriminator's, not a quality measure). The ring is the
+    shared toy fit, :func:`dgm_edu.train.fit_toy` (2000 points, 500 for validation). ``config``
     overrides the architecture/loss (the chapter uses it for the conditional GAN). ``epochs``
     overrides the budget: with a ``checkpoint`` a call with ``epochs=k`` trains up to epoch k and
-    a later call resumes from there, so the chapter can look at samples part-way through a run
-    that ends with exactly the weights of an uninterrupted one. Returns ``(model, history)``.
+    a later call resumes from there, which is how :func:`dgm_edu.train.fit_stages` looks at a run
+    part-way through, e.g. ``fit_stages(partial(train_reference, data="ring8"), [10, 50, 400],
+    checkpoint=...)``. Returns ``(model, history)``.
     """
-    from dgm_edu.data import digits_loader, make_loader, toy_2d
+    from dgm_edu.data import digits_loader
     from dgm_edu.runtime import budget, seed_everything
-    from dgm_edu.train import fit
+    from dgm_edu.train import fit, fit_toy
 
-    seed_everything(seed)
-    override = epochs
-    if data == "ring8":
-        config = config or RING_CONFIG
-        train = make_loader(toy_2d("ring8", 2000, seed=seed), batch_size=128, shuffle=True)
-        val = make_loader(toy_2d("ring8", 500, seed=seed + 1), batch_size=500, shuffle=False)
-        epochs, lr = budget(fast=20, full=400), 1e-3
-    elif data == "digits":
-        config = config or DIGITS_CONFIG
-        labels = config.num_classes > 0
-        train = digits_loader("train", 64, labels=labels, drop_last=True)
-        val = digits_loader("val", 350, labels=labels)
-        epochs, lr = budget(fast=10, full=300), 5e-4
-    else:
+    if data not in ("digits", "ring8"):
         raise ValueError(f"Unknown data {data!r}: expected 'digits' or 'ring8'")
+    seed_everything(seed)
+    config = config or (RING_CONFIG if data == "ring8" else DIGITS_CONFIG)
     model = GAN(config)
     betas = (0.5, 0.9) if config.loss == "wgan-gp" else (0.5, 0.999)
-    history = fit(
-        model, make_optimizers(model, lr=lr, betas=betas), train, val,
-        epochs=epochs if override is None else override, checkpoint=checkpoint,
-        progress=progress, seed=seed, restore_best=False, desc=f"gan-{data}",
-    )  # fmt: skip
+    run = {"checkpoint": checkpoint, "progress": progress, "seed": seed, "restore_best": False}
+    if data == "ring8":
+        history = fit_toy(
+            model, "ring8", n=2000, val=500, batch_size=128,
+            epochs=budget(fast=20, full=400) if epochs is None else epochs,
+            optimizer=make_optimizers(model, lr=1e-3, betas=betas), desc="gan-ring8", **run,
+        )  # fmt: skip
+    else:
+        labels = config.num_classes > 0
+        history = fit(
+            model, make_optimizers(model, lr=5e-4, betas=betas),
+            digits_loader("train", 64, labels=labels, drop_last=True),
+            digits_loader("val", 350, labels=labels),
+            epochs=budget(fast=10, full=300) if epochs is None else epochs, desc="gan-digits",
+            **run,
+        )  # fmt: skip
     model.eval()
     return model, history
-
-
-def train_stages(stops: list[int], *, checkpoint: str, **kwargs):
-    """Run :func:`train_reference` up to each epoch count in ``stops`` and yield
-    ``(stop, model, history)`` after each, to look at a run part-way through.
-
-    Each stage is checkpointed in its own file, ``<checkpoint stem>-e<stop>.pt``, started from a
-    copy of the previous stage, so that a re-run reloads every stage instead of retraining. The
-    last stage has exactly the weights of one uninterrupted run of the same length (``fit``
-    resumes with the optimizer and random states).
-    """
-    import shutil
-
-    base, previous = Path(checkpoint), None
-    for stop in stops:
-        path = base.with_name(f"{base.stem}-e{stop}{base.suffix}")
-        if not path.exists() and previous is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(previous, path)
-        model, history = train_reference(checkpoint=str(path), epochs=stop, **kwargs)
-        previous = path
-        yield stop, model, history

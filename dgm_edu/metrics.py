@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -48,7 +49,8 @@ def evaluate_nll(
 
     ``model`` is a model with ``log_prob`` (or a function that returns per-image log-probs); it
     checks the images itself (its ``log_prob`` validates its input). The images are moved to the
-    model's device batch by batch, and the model runs in eval mode (its mode is restored).
+    model's device batch by batch, and the model runs in eval mode (its mode is restored) and
+    without gradients.
     """
     if len(images) == 0:
         raise ValueError("images must hold at least one item to average over, got 0")
@@ -59,8 +61,9 @@ def evaluate_nll(
     if isinstance(model, nn.Module):
         model.eval()
     total = 0.0
-    for i in range(0, len(images), batch_size):
-        total += -log_prob(images[i : i + batch_size].to(device)).double().sum().item()
+    with torch.no_grad():  # an evaluator: log_prob keeps gradients, the sum needs none
+        for i in range(0, len(images), batch_size):
+            total += -log_prob(images[i : i + batch_size].to(device)).double().sum().item()
     if isinstance(model, nn.Module):
         model.train(was_training)
     return total / len(images)
@@ -128,6 +131,60 @@ def memorisation(
         "memorisation_ratio": float(d_samples.median() / d_test.median()),
         "exact_copies": float((d_samples == 0).float().mean()),
     }
+
+
+# --------------------------------------------------------------------------- anomaly detection
+class ROC(NamedTuple):
+    """A ROC curve and the area under it (:func:`roc`)."""
+
+    fpr: torch.Tensor  # (T + 1,) share of normal items flagged at each threshold: 0 first, 1 last
+    tpr: torch.Tensor  # (T + 1,) share of anomalies caught at the same thresholds
+    auc: float  # P(s_anomaly > s_normal) + ½ P(s_anomaly = s_normal)
+
+
+def _scores(scores: object, name: str) -> torch.Tensor:
+    """A non-empty 1D tensor of real scores without NaN (±inf allowed), as float64."""
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"{name} must be a 1D tensor of scores, got {type(scores).__name__}")
+    if scores.dtype == torch.bool or scores.is_complex():
+        raise TypeError(f"{name} must hold real scores, got dtype {scores.dtype}")
+    if scores.dim() != 1 or len(scores) == 0:
+        raise ValueError(f"{name} must be a non-empty 1D tensor, got shape {tuple(scores.shape)}")
+    if torch.isnan(scores).any():
+        raise ValueError(f"{name} contain NaN: expected real scores (±inf allowed)")
+    return scores.detach().double().cpu()
+
+
+def roc(scores_normal: torch.Tensor, scores_anomaly: torch.Tensor) -> ROC:
+    """The ROC curve and its area (AUC) of an anomaly score, in the book's one convention.
+
+    The anomalies are the positives (label 1), the normal items the negatives (label 0), and a
+    HIGHER score means MORE anomalous: score a likelihood model by −log p(x) (or −ELBO), not by
+    log p(x). The AUC is the Mann–Whitney statistic over all (anomaly, normal) pairs,
+
+        AUC = P(s_a > s_n) + ½ P(s_a = s_n),
+
+    ties counting one half: 1 when every anomaly scores above every normal item, 0.5 for a score
+    no better than chance, 0 when every anomaly scores below (blank images under a likelihood
+    that rates them above every real digit). It is the area under the curve that flags every item
+    whose score is ≥ a threshold, for each distinct score from the highest down: ``fpr`` is the
+    share of normal items flagged, ``tpr`` the share of anomalies caught, from (0, 0) to (1, 1).
+    ``sklearn.metrics.roc_auc_score(labels, scores)``, labels 1 for the anomalies, gives the same.
+    """
+    normal = _scores(scores_normal, "scores_normal")  # (N,)
+    anomaly = _scores(scores_anomaly, "scores_anomaly")  # (M,)
+    normal_sorted = normal.sort().values
+    below = torch.searchsorted(normal_sorted, anomaly, right=False)  # #{n: s_n < s_a}, (M,)
+    not_above = torch.searchsorted(normal_sorted, anomaly, right=True)  # #{n: s_n ≤ s_a}
+    # Σ_a [#(s_n < s_a) + ½ #(s_n = s_a)] / (M N), in integers until the division
+    auc = (below + not_above).sum().item() / (2 * len(anomaly) * len(normal))
+    thresholds = torch.cat([normal, anomaly]).unique().flip(0)  # (T,) distinct, highest first
+
+    def share_flagged(s: torch.Tensor) -> torch.Tensor:  # #{s ≥ threshold} / len(s), (T + 1,)
+        flagged = len(s) - torch.searchsorted(s.sort().values, thresholds, right=False)
+        return torch.cat([torch.zeros(1, dtype=torch.float64), flagged.double() / len(s)])
+
+    return ROC(share_flagged(normal), share_flagged(anomaly), auc)
 
 
 # --------------------------------------------------------------------------- sample quality

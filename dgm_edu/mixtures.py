@@ -4,12 +4,14 @@
 - :class:`PixelMixture`: a mixture of K products of per-pixel categoricals. With K = 1 it is the
   independent-pixel baseline, which also has a closed-form maximum-likelihood fit (counting).
 - :class:`GaussianMixture`: a diagonal Gaussian mixture for the 2D toys.
+- :class:`TrainingSetLookup`: a mixture of N jitter kernels, one on each training image: the
+  model that copies (chapter 8), fitted by storing its images.
 
-Every model exposes ``loss(x)``, ``log_prob(x)`` and ``sample(n)``, and follows the library's
-contract (:mod:`dgm_edu.checks`): all three are unconditional, so a label ``y`` is refused;
-``log_prob`` keeps gradients; ``loss`` is the NLL, the same in train and eval mode, with no side
-effects; ``sample(0)`` returns an empty batch. The digit models take square images of any size
-their config names (8x8 by default, 28x28 MNIST with ``num_pixels=784``).
+Every model exposes ``log_prob(x)`` and ``sample(n)``, and all but the lookup a ``loss(x)``, and
+follows the library's contract (:mod:`dgm_edu.checks`): all are unconditional, so a label ``y``
+is refused; ``log_prob`` keeps gradients; ``loss`` is the NLL, the same in train and eval mode,
+with no side effects; ``sample(0)`` returns an empty batch. The digit models take square images
+of any size their config names (8x8 by default, 28x28 MNIST with ``num_pixels=784``).
 """
 
 from __future__ import annotations
@@ -191,6 +193,64 @@ class GaussianMixture(nn.Module):
         k = torch.multinomial(self.mix_logits.softmax(0), n, replacement=True)  # (n,)
         eps = torch.randn(n, self.config.dim, device=module_device(self))
         return checks.finite(self.means[k] + self.log_stds.exp()[k] * eps, "the samples")
+
+
+class TrainingSetLookup(nn.Module):
+    """Pick a stored training image, jitter each pixel: a Parzen window on the grey levels.
+
+        p(x) = (1/N) Σ_n Π_d k_τ(x_d | c_nd),   k_τ(v | c) = e^{−|v − c|/τ} / Σ_v' e^{−|v' − c|/τ},
+
+    a mixture of N equally weighted components, one product of discrete kernels centred on each
+    training image c_n (Parzen, 1962). It is the model that copies: with a narrow kernel (small
+    ``tau``) its samples are near-copies of the training images, so they look perfect and score
+    near the floor of FID, while a new digit, far from every stored one in some pixels, pays for
+    it in log-likelihood (chapter 8).
+
+    ``images`` are raw digits ``(N, C, H, W)``, stored as the buffer ``centres``; ``tau`` > 0 is
+    the kernel's width in levels. There is no ``loss``: the model is fitted by storing the images,
+    and ``tau`` is chosen on held-out data (on its own training images the likelihood grows
+    without bound as τ → 0, each image being its own component).
+    """
+
+    def __init__(self, images: torch.Tensor, tau: float = 0.7, *, levels: int = LEVELS) -> None:
+        super().__init__()
+        self.tau = checks.real(tau, "tau", positive=True)
+        self.levels = checks.integer(levels, "levels", low=2)
+        ok = isinstance(images, torch.Tensor) and images.dim() == 4
+        self.shape = tuple(images.shape[1:]) if ok else IMAGE_SHAPE  # (C, H, W)
+        centres = validate_digits(images, self.shape, self.levels)  # (N, C, H, W) int64
+        # created on the default device (a meta-device build stays there), then filled
+        self.register_buffer("centres", torch.empty(centres.shape, dtype=torch.long))
+        self.centres.copy_(centres)
+
+    def kernel_log_table(self) -> torch.Tensor:
+        """log k_τ(v | c) for every centre level c (row) and level v (column): ``(L, L)``, each
+        row normalised over v."""
+        v = torch.arange(self.levels, dtype=torch.float32, device=module_device(self))
+        return (-(v[None, :] - v[:, None]).abs() / self.tau).log_softmax(1)  # row c: −|v − c|/τ
+
+    def log_prob(self, x: torch.Tensor, y: None = None) -> torch.Tensor:
+        """log p(x) = logsumexp_n Σ_d log k_τ(x_d | c_nd) − log N, nats per image: ``(M,)``."""
+        x = validate_digits(x, self.shape, self.levels).flatten(1)  # (M, D)
+        checks.labels(y, len(x), 0)
+        table = self.kernel_log_table()[self.centres.flatten(1)]  # (N, D, L): log k(· | c_nd)
+        onehot = F.one_hot(x, self.levels).to(table.dtype)  # (M, D, L)
+        per_centre = torch.einsum("mdl,ndl->mn", onehot, table)  # (M, N): Σ_d log k(x_d | c_nd)
+        return torch.logsumexp(per_centre, dim=1) - math.log(len(self.centres))
+
+    @torch.no_grad()
+    def sample(self, n: int, *, y: None = None) -> torch.Tensor:
+        """``(n, C, H, W)`` int64: pick a training image uniformly, then draw every pixel from
+        the kernel centred on its level."""
+        n = checks.count(n)
+        checks.labels(y, n, 0)
+        device = module_device(self)
+        if n == 0:
+            return torch.zeros(0, *self.shape, dtype=torch.long, device=device)
+        pick = torch.randint(len(self.centres), (n,), device=device)  # the component of each
+        probs = self.kernel_log_table().exp()[self.centres[pick].flatten(1)]  # (n, D, L)
+        pixels = torch.multinomial(probs.flatten(0, 1), 1).view(n, *self.shape)
+        return checks.levels_out(pixels, self.levels)
 
 
 def train_reference(

@@ -343,16 +343,7 @@ def train_reference(
     lr = 0.01
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr / 50)
-    history = fit(
-        model,
-        opt,
-        digits_loader("train", batch_size=10),
-        digits_loader("val", batch_size=350),
-        epochs=epochs,
-        scheduler=sched,
-        checkpoint=checkpoint,
-        progress=progress,
-        seed=seed,
-        desc="rbm",
-    )
+    loaders = digits_loader("train", batch_size=10), digits_loader("val", batch_size=350)
+    run = dict(checkpoint=checkpoint, progress=progress, seed=seed, desc="rbm")
+    history = fit(model, opt, *loaders, epochs=epochs, scheduler=sched, **run)
     return model, history

@@ -123,6 +123,15 @@ def module_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def module_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of a model's first floating parameter or buffer (float32 if none), the
+    dtype a model casts its float inputs to."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch Generator seeded the same way."""
     random.seed(seed)

@@ -203,11 +203,14 @@ def _vae_variant(kind: str, beta: float = 1.0) -> Callable:
 
 def _gan_staged(data: str, fast: list[int], full: list[int]) -> Callable:
     def train(ck, progress):
-        from dgm_edu.gan import train_stages
-        from dgm_edu.runtime import budget
+        from functools import partial
 
-        stops = budget(fast=fast, full=full)
-        return list(train_stages(stops, checkpoint=str(ck), data=data, progress=progress))
+        from dgm_edu.gan import train_reference
+        from dgm_edu.runtime import budget
+        from dgm_edu.train import fit_stages
+
+        make = partial(train_reference, data=data, progress=progress)
+        return fit_stages(make, budget(fast=fast, full=full), checkpoint=ck)
 
     return train
 

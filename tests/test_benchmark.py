@@ -120,6 +120,20 @@ def test_a_run_replaces_its_file(common, tmp_path):
     assert list(written) == list(common.FIELDS) and "stale" not in written
 
 
+def test_finish_writes_the_trained_model_s_fields(common, tmp_path):
+    """The scripts' shared tail: the parameter count and the history's fields, then ``fields``,
+    which override them (a GAN's best epoch is None)."""
+    model = torch.nn.Linear(3, 2)  # 3 * 2 + 2 = 8 parameters
+    hist = History(train_loss=[2.0, 1.0], val_loss=[3.0, 3.5], best_epoch=0, seconds=5.0)
+    path = common.finish("gan", "fast", model, hist, tmp_path, fid=30.0, best_epoch=None)
+    written = json.loads(path.read_text())
+    assert path == tmp_path / "gan-fast.json" and list(written) == list(common.FIELDS)
+    assert written["params"] == 8 and written["fid"] == 30.0 and written["epochs_run"] == 2
+    assert written["train_seconds"] == 5.0 and written["best_epoch"] is None
+    again = common.finish("rbm", "full", model, hist, tmp_path, nll_nats=18.3)
+    assert json.loads(again.read_text())["best_epoch"] == 1  # from the history, 1-based
+
+
 def test_history_fields_are_one_based(common):
     hist = History(
         train_loss=[3.0, 2.0, 1.0], val_loss=[5.0, 4.0, 4.5], best_epoch=1, seconds=12.34

@@ -3,13 +3,14 @@
 The families come from ONE registry, :mod:`dgm_edu.weights`: every distinct variant of a model
 class that the manifest records (class, its categorical config choices, conditional or not) is
 built with ``weights.build_model(row)`` from its recorded config; the library models that ship no
-weights are listed in ``UNSHIPPED`` next to it. A family registered in ``weights.RECIPES`` (and
-built with ``make weights``) is covered here without editing this file.
+weights are listed in ``UNSHIPPED`` next to it (both in tests/families.py). A family registered
+in ``weights.RECIPES`` (and built with ``make weights``) is covered here without editing this
+file; a public model class that is in neither fails the completeness test.
 
 What every model must do (``CONTRIBUTING.md``, ``dgm_edu/checks.py``):
 
 - its data kind is what ``sample`` returns: digits (int64 levels 0..16, ``(n, 1, 8, 8)``), 2D
-  points (finite floats ``(n, d)``) or text ids (int64 ``(n, L)``);
+  points (finite floats ``(n, 2)``) or text ids (int64 ``(n, L)``);
 - ``loss`` on a real batch of that kind is a finite scalar with a gradient to every parameter;
   in eval mode it has no side effects (no parameter or buffer changes);
 - ``sample(n)`` returns n items of that kind, ``sample(0)`` an empty batch, under no_grad;

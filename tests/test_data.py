@@ -147,3 +147,49 @@ def test_loaders_yield_raw_digits_and_labels():
     assert torch.equal(y, data.load_digits("val")[1])
     with pytest.raises(ValueError, match=r"empty data set \(N=0\)"):
         data.make_loader(torch.zeros(0, 2))
+
+
+# --------------------------------------------------------------------------- anomalies
+def test_anomalies_are_the_documented_transformations():
+    x, _ = data.load_digits("test")
+    for pixels in (1, 2, 3):  # by hand: column j of the output is column j - pixels, or 0
+        shifted = data.anomalies(x, "shifted", pixels=pixels)
+        for j in range(8):
+            want = x[..., j - pixels] if j >= pixels else torch.zeros_like(x[..., 0])
+            assert torch.equal(shifted[..., j], want), (pixels, j)
+    # not a roll: ink in the last columns falls off, it does not come back on the left
+    edge = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    edge[..., 7] = 16
+    assert data.anomalies(edge, "shifted", pixels=2).sum() == 0
+    assert torch.equal(data.anomalies(x, "inverted"), 16 - x)
+    assert torch.equal(data.anomalies(x, "blank"), torch.zeros_like(x))
+    for kind in data.ANOMALIES:
+        out = data.anomalies(x.float(), kind)  # whole-number floats are raw digits too
+        assert out.dtype == torch.int64 and out.shape == x.shape, kind
+        assert out.min() >= 0 and out.max() <= 16, kind
+
+
+def test_anomalous_noise_is_uniform_on_the_levels_and_follows_the_generator():
+    x = torch.zeros(2000, 1, 8, 8, dtype=torch.long)
+    noise = data.anomalies(x, "noise", generator=torch.Generator().manual_seed(0))
+    again = data.anomalies(x, "noise", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noise, again)
+    counts = torch.bincount(noise.flatten(), minlength=17).double()  # 128000 draws
+    expected = noise.numel() / 17
+    assert len(counts) == 17 and ((counts - expected).abs() < 5 * math.sqrt(expected)).all()
+
+
+def test_anomalies_refuse_what_they_cannot_make():
+    x, _ = data.load_digits("test")
+    with pytest.raises(ValueError, match=r"kind must be one of \('noise', 'shifted', 'inverted', "):
+        data.anomalies(x, "rolled")
+    for bad in (0, 8):
+        with pytest.raises(ValueError, match=rf"pixels must be an int in \[1, 7\], got {bad}"):
+            data.anomalies(x, "shifted", pixels=bad)
+    with pytest.raises(TypeError, match=r"pixels must be an int, got '2' \(str\)"):
+        data.anomalies(x, "shifted", pixels="2")
+    with pytest.raises(ValueError) as expected:
+        data.validate_digits(x / 16.0)
+    with pytest.raises(ValueError) as info:
+        data.anomalies(x / 16.0, "inverted")
+    assert str(info.value) == str(expected.value)  # the foundation's own message

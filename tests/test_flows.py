@@ -12,7 +12,7 @@ from torch.autograd.functional import jacobian
 
 from dgm_edu.data import LEVELS, NUM_PIXELS, load_digits, quantize, toy_2d
 from dgm_edu.densities import standard_normal_log_prob
-from dgm_edu.digit_flow import ConvNet, DigitFlow, DigitFlowConfig, coupling_stack
+from dgm_edu.digit_flow import ConvNet, DigitFlow, DigitFlowConfig, NetShape, coupling_stack
 from dgm_edu.flows import (
     IAF,
     MAF,
@@ -59,12 +59,16 @@ def _layers() -> dict[str, tuple[torch.nn.Module, tuple[int, ...], int]]:
             0,
         ),
         "coupling-conv": (
-            _randomise(AffineCoupling(checkerboard_mask(8, 8, 1), ConvNet(2, 8, 2)), std=0.2),
+            _randomise(
+                AffineCoupling(checkerboard_mask(8, 8, 1), ConvNet(NetShape(2, 8, 2))), std=0.2
+            ),
             (1, 8, 8),
             0,
         ),
         "coupling-conv-cond": (
-            _randomise(AffineCoupling(checkerboard_mask(8, 8, 0), ConvNet(5, 8, 2)), std=0.2),
+            _randomise(
+                AffineCoupling(checkerboard_mask(8, 8, 0), ConvNet(NetShape(5, 8, 2))), std=0.2
+            ),
             (1, 8, 8),
             3,
         ),

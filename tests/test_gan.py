@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from dgm_edu import gan
 from dgm_edu.data import load_digits, make_loader, ring_centres, toy_2d
 from dgm_edu.gan import GAN, Discriminator, GANConfig
 from dgm_edu.metrics import mode_coverage
-from dgm_edu.train import fit
+from dgm_edu.runtime import seed_everything
+from dgm_edu.train import fit, fit_stages
 
 
 def _normal_pdf(x: torch.Tensor, mu: float, sigma: float) -> torch.Tensor:
@@ -203,20 +205,38 @@ def test_a_short_training_covers_the_ring_and_random_init_does_not():
     assert mode_coverage(model.sample(2000))[0] >= 6
 
 
+def test_the_ring_recipe_is_the_shared_toy_fit_of_the_shipped_weights():
+    """train_reference(data="ring8") through fit_toy is, bit for bit, the fit it was written as
+    when the ring weights were built: 2000 points of seed s, 500 validation points of s + 1."""
+    torch.set_num_threads(1)
+    config = GANConfig(data_shape=(2,), hidden=16, latent_dim=2)
+    model, hist = gan.train_reference(data="ring8", config=config, epochs=2, seed=3,
+                                      progress=False)  # fmt: skip
+    seed_everything(3)
+    ref = GAN(config)
+    ref_hist = fit(
+        ref, gan.make_optimizers(ref, lr=1e-3), make_loader(toy_2d("ring8", 2000, seed=3)),
+        make_loader(toy_2d("ring8", 500, seed=4), batch_size=500, shuffle=False), epochs=2,
+        seed=3, restore_best=False, progress=False,
+    )  # fmt: skip
+    assert hist.val_loss == ref_hist.val_loss and hist.logs == ref_hist.logs
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
 def test_staged_training_ends_with_the_weights_of_one_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setenv("DGM_EDU_FAST", "1")
     torch.set_num_threads(1)
     config = GANConfig(data_shape=(2,), hidden=16, latent_dim=2)
-    stages = list(gan.train_stages([1, 3], checkpoint=str(tmp_path / "ring.pt"), data="ring8",
-                                   config=config, progress=False))  # fmt: skip
+    make = partial(gan.train_reference, data="ring8", config=config, progress=False)
+    stages = fit_stages(make, [1, 3], checkpoint=tmp_path / "ring.pt")  # the weights' recipe
     assert [s for s, _, _ in stages] == [1, 3] and (tmp_path / "ring-e1.pt").exists()
     direct, hist = gan.train_reference(data="ring8", config=config, epochs=3, progress=False)
     assert hist.epochs_run == 3 == stages[-1][2].epochs_run
     for a, b in zip(stages[-1][1].state_dict().values(), direct.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # a re-run reloads each stage instead of training on: the first stage still has 1 epoch
-    again = list(gan.train_stages([1, 3], checkpoint=str(tmp_path / "ring.pt"), data="ring8",
-                                  config=config, progress=False))  # fmt: skip
+    again = fit_stages(make, [1, 3], checkpoint=tmp_path / "ring.pt")
     assert again[0][2].epochs_run == 1
 
 

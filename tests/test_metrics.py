@@ -131,3 +131,64 @@ def test_evaluate_nll_runs_in_eval_mode_on_the_model_device_and_restores_the_mod
     probe = Probe().train()
     assert metrics.evaluate_nll(probe, data.load_digits("test")[0], batch_size=200) == 0.0
     assert seen == [(False, "cpu")] * 3 and probe.training
+
+
+# --------------------------------------------------------------------------- ROC and AUC
+def _pairs_auc(normal: list[float], anomaly: list[float]) -> float:
+    """By hand: every (anomaly, normal) pair, 1 if the anomaly scores higher, ½ for a tie."""
+    wins = sum(1.0 if a > n else 0.5 if a == n else 0.0 for a in anomaly for n in normal)
+    return wins / (len(anomaly) * len(normal))
+
+
+def test_roc_auc_is_the_mann_whitney_statistic_with_anomalies_positive():
+    # by hand: anomaly 1 beats 0 and ties the two 1s; anomaly 2 beats all three: (1 + ½ + ½ + 3)/6
+    r = metrics.roc(torch.tensor([0.0, 1.0, 1.0]), torch.tensor([1.0, 2.0]))
+    assert r.auc == pytest.approx(5 / 6, abs=1e-15)
+    # the convention: a HIGHER score is MORE anomalous, so anomalies above every normal item give 1
+    assert metrics.roc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])).auc == 1.0
+    assert metrics.roc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])).auc == 0.0
+    assert metrics.roc(torch.ones(5), torch.ones(7)).auc == 0.5  # all ties: chance
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):  # integer scores: many ties
+        normal = torch.randint(0, 6, (23,), generator=g)
+        anomaly = torch.randint(2, 9, (17,), generator=g)
+        want = _pairs_auc(normal.tolist(), anomaly.tolist())
+        assert metrics.roc(normal, anomaly).auc == pytest.approx(want, abs=1e-12)
+
+
+def test_roc_matches_sklearn_curve_and_auc_and_its_area_is_the_auc():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    g = torch.Generator().manual_seed(1)
+    for ties in (True, False):
+        normal = torch.randn(200, generator=g, dtype=torch.float64)
+        anomaly = torch.randn(150, generator=g, dtype=torch.float64) + 0.8
+        if ties:
+            normal, anomaly = normal.round(decimals=1), anomaly.round(decimals=1)
+        labels = torch.cat([torch.zeros(200), torch.ones(150)])  # the anomalies are label 1
+        scores = torch.cat([normal, anomaly])
+        r = metrics.roc(normal, anomaly)
+        assert r.auc == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+        torch.testing.assert_close(r.fpr, torch.from_numpy(fpr), rtol=0, atol=1e-15)
+        torch.testing.assert_close(r.tpr, torch.from_numpy(tpr), rtol=0, atol=1e-15)
+        area = ((r.fpr[1:] - r.fpr[:-1]) * (r.tpr[1:] + r.tpr[:-1]) / 2).sum().item()
+        assert area == pytest.approx(r.auc, abs=1e-12)  # the trapezoids under the curve
+        assert r.fpr[0] == r.tpr[0] == 0 and r.fpr[-1] == r.tpr[-1] == 1
+        assert (r.fpr.diff() >= 0).all() and (r.tpr.diff() >= 0).all()
+
+
+def test_roc_takes_infinite_scores_and_refuses_what_is_not_scores():
+    # an impossible image (log p = −inf) scores +inf: the most anomalous of all
+    r = metrics.roc(torch.tensor([1.0, 2.0]), torch.tensor([float("inf"), 1.5]))
+    assert r.auc == pytest.approx(_pairs_auc([1.0, 2.0], [float("inf"), 1.5]))
+    with pytest.raises(ValueError, match=r"scores_anomaly contain NaN: expected real scores"):
+        metrics.roc(torch.zeros(3), torch.tensor([0.0, float("nan")]))
+    with pytest.raises(ValueError, match=r"scores_normal must be a non-empty 1D tensor, got "):
+        metrics.roc(torch.zeros(3, 1), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"scores_anomaly must be a non-empty 1D tensor, got "):
+        metrics.roc(torch.zeros(3), torch.zeros(0))
+    with pytest.raises(TypeError, match=r"scores_normal must be a 1D tensor of scores, got list"):
+        metrics.roc([0.0, 1.0], torch.zeros(3))
+    with pytest.raises(TypeError, match=r"scores_anomaly must hold real scores, got dtype"):
+        metrics.roc(torch.zeros(3), torch.zeros(3, dtype=torch.bool))

@@ -13,6 +13,7 @@ from dgm_edu.mixtures import (
     GaussianMixtureConfig,
     PixelMixture,
     PixelMixtureConfig,
+    TrainingSetLookup,
     UniformPixels,
 )
 
@@ -262,3 +263,74 @@ def test_init_from_data_puts_the_means_on_distinct_data_points():
     assert (match.sum(1) == 1).all() and match.any(0).sum() == 8
     with pytest.raises(ValueError, match=r"^points must hold at least num_components = 8 points"):
         gmm.init_from_data(pts[:5])
+
+
+# --------------------------------------------------------------------------- training-set lookup
+def _kernel(v: int, c: int, tau: float, levels: int = 17) -> float:
+    """k_τ(v | c) by hand: exp(−|v − c|/τ) over its sum on the levels."""
+    return math.exp(-abs(v - c) / tau) / sum(math.exp(-abs(u - c) / tau) for u in range(levels))
+
+
+def test_lookup_log_prob_is_the_mixture_of_jitter_kernels_by_brute_force():
+    train = data.load_digits("train")[0][:5]
+    x = torch.cat([data.load_digits("test")[0][:3], train[:1]])
+    for tau in (0.3, 0.7, 2.0):
+        got = TrainingSetLookup(train, tau).log_prob(x)
+        for m in range(len(x)):  # p(x) = (1/N) Σ_n Π_d k(x_d | c_nd), in float64, pixel by pixel
+            xs = x[m].flatten().tolist()
+            per_centre = [
+                sum(math.log(_kernel(v, c, tau)) for v, c in zip(xs, centre.flatten().tolist()))
+                for centre in train
+            ]
+            top = max(per_centre)
+            want = top + math.log(sum(math.exp(p - top) for p in per_centre)) - math.log(5)
+            assert got[m].item() == pytest.approx(want, rel=1e-5), (tau, m)
+
+
+def test_lookup_normalises_and_samples_follow_its_log_prob():
+    # 2-pixel images: all 17² images enumerated
+    centres = torch.tensor([[[[3, 16]]], [[[0, 5]]], [[[8, 8]]]])  # (3, 1, 1, 2)
+    lookup = TrainingSetLookup(centres, tau=1.5)
+    grid = torch.tensor(list(itertools.product(range(17), repeat=2))).view(-1, 1, 1, 2)
+    with torch.no_grad():
+        log_p = lookup.log_prob(grid)
+    assert torch.logsumexp(log_p.double(), 0).item() == pytest.approx(0.0, abs=1e-5)
+    torch.manual_seed(0)
+    s = lookup.sample(40000)
+    assert s.shape == (40000, 1, 1, 2) and s.dtype == torch.long
+    freq = torch.bincount(s[:, 0, 0, 0] * 17 + s[:, 0, 0, 1], minlength=289).double() / len(s)
+    p = log_p.double().exp()  # the same order: level of pixel 0 * 17 + level of pixel 1
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / len(s)).sqrt() + 1e-3).all()
+    table = lookup.kernel_log_table().exp()  # rows: centre level c; columns: level v
+    assert torch.allclose(table.sum(1), torch.ones(17))
+    assert table[3, 5].item() == pytest.approx(_kernel(5, 3, 1.5), rel=1e-6)
+
+
+def test_a_narrow_lookup_copies_its_training_images():
+    train = data.load_digits("train")[0][:20]
+    lookup = TrainingSetLookup(train, tau=0.05)
+    torch.manual_seed(0)
+    s = lookup.sample(50)
+    assert all((s[i] == train).flatten(1).all(1).any() for i in range(len(s)))  # every one a copy
+    # a training image has all the mass of its own component: log p ≈ −log N
+    assert torch.allclose(lookup.log_prob(train[:3]), torch.full((3,), -math.log(20)), atol=1e-4)
+    held_out = data.load_digits("test")[0][:3]
+    assert (lookup.log_prob(held_out) < -100).all()  # and a new digit almost none
+
+
+def test_lookup_checks_its_arguments_and_moves_with_its_buffers():
+    train = data.load_digits("train")[0][:10]
+    for tau, err, msg in [(0, ValueError, r"tau must be a finite number > 0, got 0"),
+                          ("0.7", TypeError, r"tau must be a real number, got '0.7'")]:  # fmt: skip
+        with pytest.raises(err, match=msg):
+            TrainingSetLookup(train, tau)
+    with pytest.raises(ValueError) as expected:
+        data.validate_digits(train / 16.0)
+    with pytest.raises(ValueError) as info:
+        TrainingSetLookup(train / 16.0)
+    assert str(info.value) == str(expected.value)
+    lookup = TrainingSetLookup(train)
+    with pytest.raises(ValueError, match="y was given but this model is unconditional"):
+        lookup.log_prob(train, y=torch.zeros(10, dtype=torch.long))
+    assert list(lookup.state_dict()) == ["centres"] and not list(lookup.parameters())
+    assert lookup.to("meta").centres.device.type == "meta"  # .to() carries the training images

@@ -59,6 +59,48 @@ def _pick(draw, label: str, **pools: list) -> tuple[str, Any]:
     return tag, pools[tag][i]
 
 
+class Draws:
+    """Where a case's arguments come from: hypothesis's draws, or a sweep that gives one
+    argument each value of its pools in turn (every other argument its first valid value, and
+    every other option left out), so that every value is tried at least once."""
+
+    def __init__(self, data=None, sweep: tuple[str, str, int] | None = None) -> None:
+        self.data, self.sweep = data, sweep
+        self.seen: dict[str, dict[str, list]] = {}  # label -> its pools, as the case asked
+
+    def pick(self, label: str, **pools: list) -> tuple[str, Any]:
+        self.seen[label] = pools
+        if self.data is not None:
+            return _pick(self.data.draw, label, **pools)
+        if self.sweep is not None and self.sweep[0] == label and self.sweep[1] in pools:
+            tag, i = self.sweep[1:]
+            if i < len(pools[tag]):
+                return tag, pools[tag][i]
+        return VALID, pools[VALID][0]
+
+    def passes(self, label: str) -> bool:
+        """Whether an option is passed at all."""
+        if self.data is not None:
+            return self.data.draw(st.booleans(), label=f"pass {label}")
+        return self.sweep is None or self.sweep[0] == label
+
+
+def _sweep(case) -> int:
+    """Run ``case(draws)`` once per value of every pool it asks for; return the number run."""
+    first = Draws()
+    case(first)
+    runs = 0
+    for label, pools in first.seen.items():
+        for tag, values in pools.items():
+            for i, value in enumerate(values):
+                try:
+                    case(Draws(sweep=(label, tag, i)))
+                except (AssertionError, pytest.fail.Exception) as err:
+                    raise AssertionError(f"{label}={value!r:.80} ({tag}): {err}") from err
+                runs += 1
+    return runs
+
+
 def _named(message: str, names: list[str]) -> list[str]:
     return [a for a in names if re.search(rf"(?<![\w.]){re.escape(a)}(?![\w])", message)]
 
@@ -113,7 +155,7 @@ def _model(variant: str) -> torch.nn.Module:
 
 def _n_pool() -> dict[str, list]:
     return {
-        VALID: [0, 1, 3, np.int64(2), np.int32(1)],
+        VALID: [3, 1, 0, np.int64(2), np.int32(1)],
         INVALID: [-1, -7, 2.0, 2.5, "3", True, False, None, NAN, torch.tensor(2)],
     }
 
@@ -123,12 +165,14 @@ def _y_pool(k: int, n: int) -> dict[str, list]:
     if k == 0:
         return {VALID: [None], INVALID: [0, 1, torch.zeros(n, dtype=torch.long)]}
     some = torch.arange(n) % k
+    out_of_range = [torch.full((n,), k), torch.full((n,), -1)]  # empty, so valid, when n = 0
     return {
-        VALID: [None, 0, k - 1, np.int64(1), some, some.int(), some.to(torch.uint8)],
+        VALID: [None, 0, k - 1, np.int64(1), some, some.int(), some.to(torch.uint8)]
+        + (out_of_range if n == 0 else []),
         INVALID: [
             k, -1, 3.7, True, "1", some.float(), torch.arange(n + 1) % k, some.numpy(),
-            torch.full((n,), k), torch.full((n,), -1), torch.zeros(n, 1, dtype=torch.long),
-        ],
+            torch.zeros(n, 1, dtype=torch.long),
+        ] + ([] if n == 0 else out_of_range),
     }  # fmt: skip
 
 
@@ -152,23 +196,32 @@ def _option_pools(model: torch.nn.Module, method: str) -> dict[str, dict[str, li
     return {k: v for k, v in pools.items() if k in params}
 
 
-@pytest.mark.parametrize(("variant", "method"), SAMPLERS)
-@_settings(20)
-@given(data=st.data())
-def test_samplers_return_correct_items_or_refuse_naming_the_argument(variant, method, data):
+def _sampler_case(variant: str, method: str, draws: Draws) -> None:
     kind = fam.kind(variant)
     model = _model(variant)
-    args = {"n": _pick(data.draw, "n", **_n_pool())}
+    args = {"n": draws.pick("n", **_n_pool())}
     n = args["n"][1] if args["n"][0] == VALID else 2
-    args["y"] = _pick(data.draw, "y", **_y_pool(fam.num_classes(model), int(n)))
+    args["y"] = draws.pick("y", **_y_pool(fam.num_classes(model), int(n)))
     for name, pool in _option_pools(model, method).items():
-        if data.draw(st.booleans(), label=f"pass {name}"):
-            args[name] = _pick(data.draw, name, **pool)
+        if draws.passes(name):
+            args[name] = draws.pick(name, **pool)
     n_value = args.pop("n")
     torch.manual_seed(0)
     out, err = _call(getattr(model, method), {"n": n_value, **args})
     if err is None:
         fam.check_items(out, int(n_value[1]), kind, model, f"{method}({args})")
+
+
+@pytest.mark.parametrize(("variant", "method"), SAMPLERS)
+def test_samplers_one_argument_at_a_time(variant, method):
+    assert _sweep(lambda draws: _sampler_case(variant, method, draws)) > 0
+
+
+@pytest.mark.parametrize(("variant", "method"), SAMPLERS)
+@_settings(40)
+@given(data=st.data())
+def test_samplers_return_correct_items_or_refuse_naming_the_argument(variant, method, data):
+    _sampler_case(variant, method, Draws(data))
 
 
 # =========================================================================== loss and log_prob
@@ -251,22 +304,17 @@ def _face(fn) -> tuple[str, str | None]:
     return params[0].name, None
 
 
-@pytest.mark.parametrize(("variant", "method"), FACES)
-@_settings(25)
-@given(data=st.data())
-def test_loss_and_log_prob_give_correct_numbers_or_refuse_naming_the_argument(
-    variant, method, data
-):
+def _face_case(variant: str, method: str, draws: Draws) -> None:
     kind = fam.kind(variant)
     model = _model(variant)
     fn = getattr(model, method)
     x_name, takes_y = _face(fn)
-    x_tag, x = _pick(data.draw, x_name, **_x_pool(variant, model))
+    x_tag, x = draws.pick(x_name, **_x_pool(variant, model))
     n = len(x) if x_tag == VALID else 3
     args = {x_name: (x_tag, x)}
     y_tag, y = VALID, None
     if takes_y:
-        y_tag, y = _pick(data.draw, "y", **_labels_pool(fam.num_classes(model), n))
+        y_tag, y = draws.pick("y", **_labels_pool(fam.num_classes(model), n))
         if y is not None or y_tag != VALID:
             args["y"] = (y_tag, y)
 
@@ -308,6 +356,20 @@ def test_loss_and_log_prob_give_correct_numbers_or_refuse_naming_the_argument(
     )
 
 
+@pytest.mark.parametrize(("variant", "method"), FACES)
+def test_loss_and_log_prob_one_argument_at_a_time(variant, method):
+    assert _sweep(lambda draws: _face_case(variant, method, draws)) > 0
+
+
+@pytest.mark.parametrize(("variant", "method"), FACES)
+@_settings(50)
+@given(data=st.data())
+def test_loss_and_log_prob_give_correct_numbers_or_refuse_naming_the_argument(
+    variant, method, data
+):
+    _face_case(variant, method, Draws(data))
+
+
 # =========================================================================== fit
 TRAIN_X = fam.VAL_X[:32]
 
@@ -340,16 +402,14 @@ def _fit_pools() -> dict[str, dict[str, list]]:
     }  # fmt: skip
 
 
-@_settings(40)
-@given(data=st.data())
-def test_fit_trains_or_refuses_naming_the_argument(data):
+def _fit_case(draws: Draws) -> None:
     torch.manual_seed(0)
     model = PixelMixture(PixelMixtureConfig(num_components=2))
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    args = {"train_loader": _pick(data.draw, "train_loader", **_loader_pool())}
+    args = {"train_loader": draws.pick("train_loader", **_loader_pool())}
     for name, pool in _fit_pools().items():
-        if data.draw(st.booleans(), label=f"pass {name}"):
-            args[name] = _pick(data.draw, name, **pool)
+        if draws.passes(name):
+            args[name] = draws.pick(name, **pool)
     if "epochs" not in args:
         args["epochs"] = (VALID, 1)
     if args["train_loader"][0] == INVALID:  # a bad batch may be named "batch" or "batches"
@@ -366,6 +426,16 @@ def test_fit_trains_or_refuses_naming_the_argument(data):
         if args.get("patience", (VALID, None))[1] is None:
             assert len(hist.train_loss) == epochs
         assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fit_one_argument_at_a_time():
+    assert _sweep(_fit_case) > 0
+
+
+@_settings(80)
+@given(data=st.data())
+def test_fit_trains_or_refuses_naming_the_argument(data):
+    _fit_case(Draws(data))
 
 
 def test_a_gan_given_one_optimizer_is_refused_naming_it():

@@ -636,7 +636,7 @@ def test_the_digest_is_mandatory_and_the_payload_a_dict(tmp_path):
     torch.save(state, path)
     message = (
         f"Checkpoint {path} has no sha256 digest: expected a file written by "
-        "dgm_edu.train.save_checkpoint, which seals every checkpoint (it was not written by "
+        "dgm_edu.train.save_checkpoint, which seals every checkpoint (not written by "
         "dgm_edu, or its digest was removed)"
     )
     with pytest.raises(CheckpointError) as info:
