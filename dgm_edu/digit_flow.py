@@ -167,7 +167,7 @@ class DigitFlow(nn.Module):
     Preprocessing (its log-Jacobian is part of the density): y = (x + u)/17 ∈ [0, 1)^64,
     s = logit(α + (1 − 2α) y), z = f(s). The density of y is
 
-        log p(y) = log N(f(s); 0, I) + log |det ∂f/∂s| + Σ_i log((1 − 2α) / (p_i (1 − p_i)))
+        log p(y) = log N(f(s); 0, I) + log abs(det ∂f/∂s) + Σ_i log((1 − 2α) / (p_i (1 − p_i)))
 
     with p_i = α + (1 − 2α) y_i. Dequantization: ``"uniform"`` draws u ~ U[0, 1)^64 (log q = 0);
     ``"variational"`` draws u = σ(g(ε; x)) with a conditional coupling flow g and ε ~ N(0, I)
@@ -203,7 +203,7 @@ class DigitFlow(nn.Module):
     def dequantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw u ~ q(u | x) on [0, 1)^64 for int64 levels ``x``; return ``(u, log q(u | x))``.
 
-        Variational: log q(u | x) = log N(ε; 0, I) − log |det ∂v/∂ε| − Σ_i log σ'(v_i), with
+        Variational: log q(u | x) = log N(ε; 0, I) − log abs(det ∂v/∂ε) − Σ_i log σ'(v_i), with
         v = g(ε; x) and u = σ(v).
         """
         dtype = next(self.parameters()).dtype

@@ -3,10 +3,10 @@
 A flow is an invertible map f from data x to noise z = f(x) with a simple base density
 p_Z = N(0, I). The change of variables gives the exact density
 
-    log p_X(x) = log p_Z(f(x)) + log |det ∂f/∂x|.
+    log p_X(x) = log p_Z(f(x)) + log abs(det ∂f/∂x).
 
 Every layer here has the same face: ``forward(x, cond=None) -> (z, logdet)`` (data -> noise, with
-the per-example log |det J|) and ``inverse(z, cond=None) -> x`` (noise -> data).
+the per-example log abs(det J)) and ``inverse(z, cond=None) -> x`` (noise -> data).
 
 - :class:`AffineCoupling` (RealNVP), masks as buffers: checkerboard for images, alternating for 2D.
 - :class:`MAF` and :class:`IAF`: affine autoregressive layers on a :class:`MADE` network. MAF
@@ -62,7 +62,7 @@ def alternating_mask(dim: int, parity: int = 0) -> torch.Tensor:
 class AffineCoupling(nn.Module):
     """RealNVP affine coupling with a fixed binary mask m (a buffer):
 
-        z = m ⊙ x + (1 − m) ⊙ (x ⊙ exp(s(m ⊙ x)) + t(m ⊙ x)),    log |det J| = Σ_i (1 − m_i) s_i.
+        z = m ⊙ x + (1 − m) ⊙ (x ⊙ exp(s(m ⊙ x)) + t(m ⊙ x)),    log abs(det J) = Σ_i (1 − m_i) s_i.
 
     The masked half passes through unchanged, so ∂z/∂x is triangular (in an order that lists the
     masked coordinates first) and its determinant is the product of the diagonal,
@@ -104,7 +104,7 @@ class ActNorm(nn.Module):
 
     ``shape`` is the shape of b and σ: an int ``C`` gives one pair per channel (Glow's ActNorm);
     a tuple such as ``(1, 8, 8)`` gives one pair per pixel. The parameters are shared over the
-    remaining dimensions, so log |det J| = −Σ log σ × (the entries each parameter acts on). On
+    remaining dimensions, so log abs(det J) = −Σ log σ × (the entries each parameter acts on). On
     the first training batch (train mode, a batch of two or more) b and σ are set to that batch's
     mean and std, so the output starts standardised: a one-time side effect of ``forward``.
     """
@@ -192,7 +192,7 @@ class MADE(nn.Module):
 class MAF(nn.Module):
     """Masked autoregressive flow layer (Papamakarios et al.), data -> noise in ONE pass:
 
-        z_i = (x_i − μ_i(x_<i)) exp(−α_i(x_<i)),    log |det J| = −Σ_i α_i.
+        z_i = (x_i − μ_i(x_<i)) exp(−α_i(x_<i)),    log abs(det J) = −Σ_i α_i.
 
     The inverse (sampling) is sequential: D passes, each fixing one more coordinate.
     """
@@ -233,7 +233,7 @@ class IAF(MAF):
     """Inverse autoregressive flow layer (Kingma et al.): the MAF map used the other way round.
 
     Sampling (noise -> data) is ONE pass, x_i = z_i exp(α_i(z_<i)) + μ_i(z_<i); density
-    evaluation (data -> noise) needs D sequential passes. log |det J| = −Σ_i α_i(z_<i) for the
+    evaluation (data -> noise) needs D sequential passes. log abs(det J) = −Σ_i α_i(z_<i) for the
     data -> noise direction.
     """
 
@@ -256,7 +256,7 @@ class IAF(MAF):
 class Planar(nn.Module):
     """Planar flow f(x) = x + û tanh(wᵀx + b) (Rezende & Mohamed, 2015):
 
-        log |det J| = log |1 + tanh'(wᵀx + b) ûᵀw|.
+        log abs(det J) = log abs(1 + tanh'(wᵀx + b) ûᵀw).
 
     û = u + (softplus(wᵀu) − 1 − wᵀu) w / ‖w‖² guarantees ûᵀw ≥ −1, so the map is invertible.
     The inverse has no closed form: the scalar a = wᵀx solves the monotone equation
@@ -375,7 +375,7 @@ class Flow2D(nn.Module):
         self.flow = Flow(layers)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) = log N(f(x); 0, I) + log |det ∂f/∂x|, per point: ``(B, D) -> (B,)``."""
+        """log p(x) = log N(f(x); 0, I) + log abs(det ∂f/∂x), per point: ``(B, D) -> (B,)``."""
         x = checks.points(x, self.config.dim, "x").to(module_dtype(self))  # (B, D)
         z, logdet = self.flow(x)
         return standard_normal_log_prob(z) + logdet

@@ -9,8 +9,8 @@ codes live:
   for D = 16, 98% of codes have a norm between 2.4 and 5.7. Two independent codes are nearly
   orthogonal, so the straight line's midpoint (z₀ + z₁)/2 has norm ≈ √(D/2) (2.8 for D = 16,
   below the norm of 95% of prior codes), a region training rarely visited. The great circle from
-  z₀ to z₁ keeps the norm typical: exactly |z₀| all the way when |z₁| = |z₀|, and between |z₀|
-  and |z₁| for orthogonal ends, as two prior codes nearly are;
+  z₀ to z₁ keeps the norm typical: exactly ‖z₀‖ all the way when ‖z₁‖ = ‖z₀‖, and between ‖z₀‖
+  and ‖z₁‖ for orthogonal ends, as two prior codes nearly are;
 - **linear** where the space is not Gaussian-shaped, so that no norm is typical: points of a
   space with another distribution (the 2D toys), or pixels (a pixel blend, the double exposure
   that latent paths are compared with). Between codes of a typical norm, its middle dips to a

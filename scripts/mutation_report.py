@@ -282,7 +282,8 @@ def run_module(module: str, jobs: int) -> Result:
         if code in CAUGHT:
             result.caught += 1
             if CAUGHT[code] != "killed":
-                result.other[CAUGHT[code]] = result.other.get(CAUGHT[code], 0) + 1
+                key = f"caught by {CAUGHT[code]}"
+                result.other[key] = result.other.get(key, 0) + 1
             continue
         status = NOT_CAUGHT.get(code, f"exit {code}")
         diff = _diff(work, name)
@@ -300,6 +301,8 @@ def run_module(module: str, jobs: int) -> Result:
     (work / "survivors.txt").write_text(
         "\n\n".join(f"{n}\n{d}" for n, d in result.survivors) + "\n"
     )
+    print(f"   {result.caught} of {result.counted} caught ({result.share:.1f}%), "
+          f"{len(result.equivalent)} equivalent left out", flush=True)  # fmt: skip
     return result
 
 
@@ -323,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(msg) from None
         results = [run_module(m, args.jobs) for m in modules]
     print()
-    print(f"{'module':16s} {'mutants':>8s} {'equiv.':>7s} {'caught':>7s} {'share':>7s}  not caught")
+    print(f"{'module':16s} {'mutants':>8s} {'equiv.':>7s} {'caught':>7s} {'share':>7s}  details")
     for r in results:
         rest = ", ".join(f"{v} {k}" for k, v in sorted(r.other.items()))
         print(f"{r.module:16s} {r.total:8d} {len(r.equivalent):7d} {r.caught:7d} "

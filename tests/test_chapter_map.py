@@ -71,3 +71,10 @@ def test_a_stale_table_is_reported(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(chapter_map, "README", readme)
     assert chapter_map.main(["--check"]) == 1
     assert "The chapter map is stale" in capsys.readouterr().out
+
+
+def test_every_library_module_is_documented_in_the_api_page():
+    api = (ROOT / "book" / "api.md").read_text()
+    modules = sorted(p.stem for p in (ROOT / "dgm_edu").glob("*.py") if p.stem != "__init__")
+    missing = [m for m in modules if f".. automodule:: dgm_edu.{m}\n" not in api]
+    assert not missing, f"book/api.md has no automodule entry for {missing}"

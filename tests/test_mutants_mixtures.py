@@ -23,6 +23,7 @@ from dgm_edu.mixtures import (
     GaussianMixtureConfig,
     PixelMixture,
     PixelMixtureConfig,
+    TrainingSetLookup,
     UniformPixels,
 )
 
@@ -82,6 +83,12 @@ def test_init_from_data_follows_its_generator():
     rows = {tuple(r.tolist()) for r in x}
     assert all(tuple(m.tolist()) in rows for m in picks[0])
     assert len({tuple(m.tolist()) for m in picks[0]}) == 5
+    exactly = GaussianMixture(GaussianMixtureConfig(num_components=5))
+    exactly.init_from_data(x[:5])  # K points are enough: every one becomes a mean
+    assert {tuple(m.tolist()) for m in exactly.means} == {tuple(r.tolist()) for r in x[:5]}
+    with pytest.raises(ValueError) as info:
+        exactly.init_from_data(x[:4])
+    assert str(info.value) == "points must hold at least num_components = 5 points, got 4"
 
 
 # --------------------------------------------------------------------------- PixelMixture
@@ -173,3 +180,42 @@ def test_every_tensor_is_made_on_the_models_device(make):
     for n in (0, 3):
         assert model.sample(n).device.type == "meta"
     assert model.log_prob(x.long() if image else x).device.type == "meta"
+
+
+# --------------------------------------------------------------------------- TrainingSetLookup
+def test_lookup_defaults_sizes_and_levels():
+    lookup = TrainingSetLookup(X[:20])
+    assert lookup.tau == 0.7 and lookup.levels == 17 and lookup.shape == (1, 8, 8)
+    for n in (0, 1, 3):
+        s = lookup.sample(n)
+        assert s.shape == (n, 1, 8, 8) and s.dtype == torch.long
+    two = TrainingSetLookup(torch.tensor([[[[0, 1], [1, 0]]]]), levels=2)  # 2 levels are enough
+    assert two.sample(50).unique().tolist() == [0, 1]
+    wide = TrainingSetLookup(torch.full((3, 1, 2, 2), 30), tau=0.1, levels=40)
+    assert wide.sample(20).unique().tolist() == [30]  # levels above 16, a narrow kernel
+    with pytest.raises(ValueError) as info:
+        TrainingSetLookup(X[:5], levels=1)
+    assert str(info.value) == "levels must be an int >= 2, got 1"
+    with pytest.raises(ValueError, match=r"Expected integer levels 0\.\.4, got values in"):
+        TrainingSetLookup(torch.full((2, 1, 2, 2), 7), levels=5)
+    for bad, got in [(X[:5].numpy(), "ndarray"), ([[0, 1]], "list")]:
+        with pytest.raises(TypeError) as info:
+            TrainingSetLookup(bad)
+        assert str(info.value) == f"Expected a torch.Tensor of digits, got {got}"
+    with pytest.raises(ValueError) as info:
+        TrainingSetLookup(X[:5, 0])  # (N, 8, 8): not images of a known shape
+    assert str(info.value) == "Expected digits of shape (N, 1, 8, 8), got (5, 8, 8)"
+
+
+def test_lookup_log_prob_of_a_batch_below_the_top_level():
+    """log p(x) = logsumexp_n Σ_d log k(x_d | c_nd) − log N, with one_hot over all L levels."""
+    centres = torch.tensor([[[[0, 2], [4, 1]]], [[[3, 3], [0, 0]]]])
+    lookup = TrainingSetLookup(centres, tau=1.3, levels=5)
+    x = torch.zeros(2, 1, 2, 2, dtype=torch.long)  # the batch's top level is 0, not 4
+    v = torch.arange(5.0)
+    table = (-(v[None] - v[:, None]).abs() / 1.3).log_softmax(1)  # row c: log k(· | c)
+    per = torch.stack([table[c.flatten(), 0].sum() for c in centres])
+    expected = torch.logsumexp(per, 0) - math.log(2)
+    assert torch.allclose(lookup.log_prob(x), expected.expand(2), atol=1e-6)
+    with pytest.raises(ValueError, match="y was given but this model is unconditional"):
+        lookup.sample(2, y=0)

@@ -59,6 +59,9 @@ def test_iwae_bound_draws_in_chunks_of_100_by_default(monkeypatch):
     sizes.clear()
     _vae().log_prob(X[:2])  # defaults: k = 100 in one chunk of 100
     assert sizes == [100]
+    sizes.clear()
+    _vae().log_prob(X[:2], k=150)  # chunks of 100 by default
+    assert sizes == [100, 50]
 
 
 def test_iwae_bound_messages():
