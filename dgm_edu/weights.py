@@ -79,7 +79,7 @@ def _digits_nll(
         for key, est in (("test", estimate if full or check is None else None), ("check", check)):
             if est is None:
                 continue
-            torch.manual_seed(0)
+            runtime.seed_everything(0)
             with torch.no_grad():
                 nll = evaluate_nll(est(model), x)
             out[f"{key}_nll_nats"] = round(nll, 4)
@@ -100,7 +100,7 @@ def _gan_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
     from dgm_edu.metrics import fid, precision_recall
 
     x, _ = load_digits("test")
-    torch.manual_seed(0)
+    runtime.seed_everything(0)
     with torch.no_grad():
         s = model.sample(len(x))
     p, r = precision_recall(s, x)
@@ -115,7 +115,7 @@ def _gan_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
 def _ring_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
     from dgm_edu.metrics import mode_coverage
 
-    torch.manual_seed(0)
+    runtime.seed_everything(0)
     with torch.no_grad():
         s = model.sample(2000)
     covered, within = mode_coverage(s)
@@ -139,7 +139,7 @@ def _vae_elbo(model: nn.Module, full: bool = True) -> dict[str, Any]:
 
     x, y = load_digits("test")
     args = (y,) if model.config.num_classes > 0 else ()
-    torch.manual_seed(0)
+    runtime.seed_everything(0)
     with torch.no_grad():
         neg_elbo = -torch.stack([model.elbo(x, *args) for _ in range(10)]).mean().item()
     return {"test_neg_elbo_nats": round(neg_elbo, 4), "estimator": "ELBO, mean of 10 draws"}

@@ -42,7 +42,7 @@ Recipe = Callable[[argparse.Namespace, str | None], tuple[torch.nn.Module, Histo
 
 def pixel_mixture(
     args: argparse.Namespace,
-    checkpoint: str | None,
+    checkpoint: str | Path | None,
     *,
     model_cls: type[PixelMixture] = PixelMixture,
     optimizers: Callable[[PixelMixture, Callable, float], object] | None = None,
