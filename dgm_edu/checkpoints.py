@@ -37,7 +37,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from dgm_edu import distributed, runtime
 
 __all__ = [
     "CheckpointError",
+    "Trainee",
     "checkpoint_lock",
     "claim_checkpoint",
     "history_path",
@@ -427,13 +428,21 @@ def _check_settings(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> l
 
 
 # --------------------------------------------------------------------------- training state
+@dataclass
+class Trainee:
+    """What a training checkpoint saves and restores, and is checked against: the model, its
+    optimizers by name, its scheduler (or None) and the run's settings (:func:`run_settings`)."""
+
+    model: nn.Module
+    optimizers: Mapping[str, torch.optim.Optimizer]
+    scheduler: Any
+    settings: dict[str, Any]
+
+
 def save_training_state(
     path: Path,
+    t: Trainee,
     *,
-    model: nn.Module,
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    scheduler: Any,
-    settings: dict[str, Any],
     history: dict[str, Any],
     epoch: int,
     bad_epochs: int,
@@ -450,11 +459,11 @@ def save_training_state(
         save_checkpoint(
             path,
             {
-                "model": model.state_dict(),
-                "model_class": model_id(model),
-                "settings": settings,
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "model": t.model.state_dict(),
+                "model_class": model_id(t.model),
+                "settings": t.settings,
+                "optimizers": {k: o.state_dict() for k, o in t.optimizers.items()},
+                "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
                 "history": history,
                 "epoch": epoch,
                 "bad_epochs": bad_epochs,
@@ -469,19 +478,13 @@ def save_training_state(
     distributed.barrier()  # no rank runs ahead of a checkpoint that is still being written
 
 
-def restore_training_state(
-    path: Path,
-    *,
-    model: nn.Module,
-    optimizers: Mapping[str, torch.optim.Optimizer],
-    scheduler: Any,
-    settings: dict[str, Any],
-) -> dict[str, Any]:
+def restore_training_state(path: Path, t: Trainee) -> dict[str, Any]:
     """Check a training checkpoint against this run, then load it into the model, optimizers,
     scheduler and RNG; return it (``history``, ``epoch``, ``bad_epochs``, ``best_model``, ...).
 
     Everything is checked before anything is loaded, so a refused checkpoint changes nothing.
     """
+    model, optimizers, scheduler, settings = t.model, t.optimizers, t.scheduler, t.settings
     state = load_checkpoint(path)
     missing = [k for k in TRAINING_KEYS if k not in state]
     if missing:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from dgm_edu import checks, distributed
 from dgm_edu.checkpoints import (
     CheckpointError,
+    Trainee,
     claim_checkpoint,
     load_checkpoint,
     load_model_state,
@@ -397,15 +398,13 @@ def fit(
     )  # fmt: skip
 
     run = _Run()
+    trainee = Trainee(model, optimizers, scheduler, settings)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
     with contextlib.ExitStack() as stack:
         if ckpt is not None:
             claim_checkpoint(stack, ckpt, device)  # before the first epoch, not after it
             if cfg.resume and ckpt.exists():
-                state = restore_training_state(
-                    ckpt, model=model, optimizers=optimizers, scheduler=scheduler,
-                    settings=settings,
-                )  # fmt: skip
+                state = restore_training_state(ckpt, trainee)
                 run = _Run(
                     History(**state["history"]), state["epoch"], state["bad_epochs"],
                     state["best_model"],
@@ -431,8 +430,7 @@ def fit(
             run.hist.seconds = time.perf_counter() - t0
             if ckpt is not None:
                 save_training_state(
-                    ckpt, model=model, optimizers=optimizers, scheduler=scheduler,
-                    settings=settings, history=asdict(run.hist),
+                    ckpt, trainee, history=asdict(run.hist),
                     epoch=cfg.epochs if stopped else epoch + 1, bad_epochs=run.bad_epochs,
                     best_model=run.best_state,
                 )  # fmt: skip

@@ -103,8 +103,8 @@ def test_only_rank_0_writes_checkpoints(tmp_path, monkeypatch):
     for rank in (1, 0):
         _as_rank(monkeypatch, rank, 2)
         checkpoints.save_training_state(
-            tmp_path / f"r{rank}.pt", model=model, optimizers=opt, scheduler=None,
-            settings=settings, history=asdict(History()), epoch=1, bad_epochs=0, best_model=None,
+            tmp_path / f"r{rank}.pt", checkpoints.Trainee(model, opt, None, settings),
+            history=asdict(History()), epoch=1, bad_epochs=0, best_model=None,
         )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r0.json", "r0.pt"]
     assert len(load_checkpoint(tmp_path / "r0.pt")["rng_ranks"]) == 2 and len(gathered) == 2
