@@ -97,6 +97,7 @@ def test_digits_loader_defaults():
     assert torch.equal(y, load_digits("val")[1][:5]) and x.shape == (5, 1, 8, 8)
     in_order = next(iter(digits_loader("train", 7, shuffle=False)))[0]
     assert torch.equal(in_order, X[:7])
+    assert [len(b[0]) for b in digits_loader("val", 100, drop_last=True)] == [100] * 3
 
 
 def test_make_loader_defaults_and_messages():
@@ -133,8 +134,8 @@ def test_ring_centres_closed_form():
     k = np.arange(8)
     expected = 2.0 * np.stack([np.cos(2 * np.pi * k / 8), np.sin(2 * np.pi * k / 8)], 1)
     got = ring_centres()
-    assert got.dtype == torch.float32
-    np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+    assert got.dtype == torch.float32  # computed in float64, then rounded once
+    assert np.array_equal(got.numpy(), expected.astype(np.float32))
     k5 = np.arange(5)
     five = 3.0 * np.stack([np.cos(2 * np.pi * k5 / 5), np.sin(2 * np.pi * k5 / 5)], 1)
     np.testing.assert_allclose(ring_centres(5, 3.0).numpy(), five, atol=1e-6)
@@ -154,6 +155,9 @@ def test_toy_defaults_and_one_point():
     assert torch.equal(toy_2d("ring8"), toy_2d("ring8", 2000, seed=0))
     assert toy_2d("moons", 1).shape == (1, 2)
     assert _message(ValueError, toy_2d, "ring8", 0) == "n must be >= 1, got 0"
+    assert _message(ValueError, toy_2d, "spiral") == (
+        "Unknown toy 'spiral': expected one of ('ring8', 'moons', 'checkerboard', 'swiss_roll')"
+    )
 
 
 def test_moons_and_swiss_roll_are_sklearns_centred_and_scaled():
@@ -184,6 +188,8 @@ def test_idx_files_of_three_dimensions_and_dtypes_round_trip(tmp_path):
         np.arange(-6, 6, dtype=np.int16).reshape(3, 2, 2),
         np.linspace(-1, 1, 10, dtype=np.float32).reshape(5, 2),
         np.zeros((0,), dtype=np.int32),
+        np.zeros((2**24 + 1, 0), dtype=np.uint8),  # dimensions that need all four bytes
+        np.zeros((1, 0, 70_000), dtype=np.uint8),
     ):
         write_idx(tmp_path / "a.idx", array)
         back = read_idx(tmp_path / "a.idx")
@@ -203,6 +209,8 @@ def test_idx_refusals_name_the_file(tmp_path):
             f"{p}: bad IDX magic number {bytes(magic).hex()}: expected 0000 followed by a dtype "
             "code in ['0x8', '0x9', '0xb', '0xc', '0xd', '0xe'] and the number of dimensions"
         )
+    p.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 2]))  # three dimensions announced, one given
+    assert _message(ValueError, read_idx, p) == f"{p}: truncated IDX header: expected 3 dimensions"
     p.write_bytes(b"\x1f\x8b" + b"not gzip")
     assert _message(ValueError, read_idx, p).startswith(f"{p}: corrupt gzip stream (")
     p.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2, 5, 6])))

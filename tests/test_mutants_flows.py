@@ -52,10 +52,10 @@ def test_flow2d_layers_alternate_their_masks_orders_and_classes():
     assert parities == [[[1, 0, 1]], [[0, 1, 0]], [[1, 0, 1]]]
     assert all(isinstance(layer, ActNorm) for layer in coupling.flow.layers[0::2])
     for kind, cls in (("maf", MAF), ("iaf", IAF)):
-        flow = Flow2D(Flow2DConfig(kind=kind, num_layers=3, hidden=8, dim=3)).flow
+        flow = Flow2D(Flow2DConfig(kind=kind, num_layers=4, hidden=8, dim=3)).flow
         assert all(type(layer) is cls for layer in flow.layers)
         orders = [layer.made.degrees.tolist() for layer in flow.layers]
-        assert orders == [[1, 2, 3], [3, 2, 1], [1, 2, 3]]  # every other layer reversed
+        assert orders == [[1, 2, 3], [3, 2, 1]] * 2  # every other layer reversed
     assert _message(ValueError, Flow2D, Flow2DConfig(kind="glow")) == (
         "Unknown flow kind 'glow': expected coupling/maf/iaf/planar"
     )
@@ -135,9 +135,10 @@ def test_actnorm_and_couplings_in_float64():
     x = torch.randn(3, 1, 2, 2, dtype=torch.float64)
     z, logdet = norm(x)
     assert z.dtype == logdet.dtype == torch.float64 and logdet.shape == (3,)
-    flow = Flow2D(Flow2DConfig(num_layers=2, hidden=8)).double()
-    assert flow.log_prob(torch.randn(4, 2)).dtype == torch.float64
-    assert flow.sample(3).dtype == torch.float64
+    for kind in ("coupling", "maf"):  # float32 points in, float64 out
+        flow = Flow2D(Flow2DConfig(kind=kind, num_layers=2, hidden=8)).double()
+        assert flow.log_prob(torch.randn(4, 2)).dtype == torch.float64
+        assert flow.sample(3).dtype == torch.float64
 
 
 # --------------------------------------------------------------------------- inverses

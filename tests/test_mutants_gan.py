@@ -159,3 +159,67 @@ def test_sample_of_one_and_the_meta_device():
     wgan = _gan(data_shape=(2,), loss="wgan-gp").to("meta")
     pts = torch.zeros(3, 2, device="meta")
     assert wgan.d_loss(pts, pts).device.type == "meta"
+
+
+def test_the_discriminators_layers():
+    """Leaky ReLUs of slope 0.2 after every hidden layer (2 in the MLP, 3 in the conv net)."""
+    for config, count in ((GANConfig(hidden=16), 2), (GANConfig(arch="conv", hidden=16), 3)):
+        d = GAN(config).discriminator
+        slopes = [m.negative_slope for m in d.body if isinstance(m, torch.nn.LeakyReLU)]
+        assert slopes == [0.2] * count
+        assert isinstance(d.body[-1], torch.nn.LeakyReLU)  # the head reads activated features
+
+
+def _replay_train_step(gan: GAN, batch: tuple, lr: float) -> dict[str, float]:
+    """One round of the game written out: critic_steps discriminator updates, one generator
+    update, the same draws in the same order, plain SGD."""
+    opt_g = torch.optim.SGD(gan.generator.parameters(), lr=lr)
+    opt_d = torch.optim.SGD(gan.discriminator.parameters(), lr=lr)
+    y = batch[1:]
+    real = gan.to_model_space(batch[0])
+    for _ in range(gan.config.critic_steps):
+        with torch.no_grad():
+            fake = gan.generate(torch.randn(len(real), gan.config.latent_dim), *y)
+        d_loss = gan.d_loss(real, fake, *y)
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+    fake_out = gan.discriminator(
+        gan.generate(torch.randn(len(real), gan.config.latent_dim), *y), *y
+    )
+    g_loss = generator_loss(fake_out, gan.config.loss)
+    opt_g.zero_grad()
+    g_loss.backward()
+    opt_g.step()
+    squash = (lambda t: t) if gan.config.loss == "wgan-gp" else torch.sigmoid
+    with torch.no_grad():
+        real_out = gan.discriminator(real, *y)
+    d_real, d_fake = squash(real_out).mean().item(), squash(fake_out).mean().item()
+    return {"loss": d_loss.item(), "d_loss": d_loss.item(), "g_loss": g_loss.item(),
+            "d_real": d_real, "d_fake": d_fake}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"num_classes": 10},  # conditional digits, non-saturating
+        {"data_shape": (2,), "loss": "wgan-gp", "critic_steps": 2},
+        {"data_shape": (2,), "loss": "minimax"},
+    ],
+    ids=["cond", "wgan-gp", "minimax"],
+)
+def test_train_step_is_one_round_of_the_game(config):
+    gan, twin = _gan(**config), _gan(**config)
+    x = torch.randint(0, 17, (6, 1, 8, 8)) if "data_shape" not in config else torch.randn(6, 2)
+    batch = (x, torch.arange(6) % 10) if config.get("num_classes") else (x,)
+    opts = {
+        "generator": torch.optim.SGD(gan.generator.parameters(), lr=0.1),
+        "discriminator": torch.optim.SGD(gan.discriminator.parameters(), lr=0.1),
+    }
+    torch.manual_seed(5)
+    logs = gan.train_step(batch, opts)
+    torch.manual_seed(5)
+    expected = _replay_train_step(twin, batch, lr=0.1)
+    assert logs == pytest.approx(expected, rel=1e-5)
+    for (name, p), q in zip(gan.named_parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name

@@ -185,15 +185,15 @@ def test_fid_floor_defaults_to_train_against_test():
 def test_memorisation_ratio_and_other_levels():
     train = torch.randint(0, 256, (30, 1, 4, 4))
     samples, test = train[:5].clone(), torch.randint(0, 256, (8, 1, 4, 4))
-    samples[0, 0, 0, 0] = (samples[0, 0, 0, 0] + 100) % 256
+    samples[:3, 0, 0, 0] = (samples[:3, 0, 0, 0] + 100) % 256  # three changed, two copies
     out = memorisation(samples, train, test, shape=(1, 4, 4), levels=256)
     d = lambda q: torch.cdist(q.flatten(1).float(), train.flatten(1).float()).min(1).values  # noqa: E731
     assert out["memorisation_ratio"] == pytest.approx(
         (d(samples).median() / d(test).median()).item()
     )
-    assert out["exact_copies"] == pytest.approx(4 / 5)
+    assert out["memorisation_ratio"] > 0 and out["exact_copies"] == pytest.approx(2 / 5)
     dist, idx = nearest_neighbours(samples, train, shape=(1, 4, 4), levels=256)
-    assert idx[1:].tolist() == [1, 2, 3, 4] and dist[1:].tolist() == [0.0] * 4
+    assert idx[3:].tolist() == [3, 4] and dist[3:].tolist() == [0.0] * 2
 
 
 def test_mode_coverage_counts_the_boundary_and_its_defaults():
