@@ -129,12 +129,13 @@ def test_knn_radii_and_manifolds_by_brute_force():
         np.testing.assert_allclose(knn_radii(f, k).numpy(), _radii_numpy(f.numpy(), k))
     for k in (0, 5):
         assert _message(ValueError, knn_radii, f, k) == f"k must be in 1..N-1 = 4, got {k}"
-    r = knn_radii(f, 1)  # the point (0, 0) has radius √2 (its neighbour (1, 1))
     q = torch.tensor([[0.0, -(2**0.5)], [0.0, -1.5], [9.0, 9.0]])
-    assert in_manifold(q, f, 1).tolist() == [True, False, False]  # on the sphere counts
     d = torch.cdist(q.double(), f.double())
     assert in_manifold(q, f, 2).tolist() == (d <= knn_radii(f, 2)[None]).any(1).tolist()
-    assert r[0].item() == pytest.approx(2**0.5)
+    g = torch.tensor([[0.0, 0.0], [3.0, 0.0], [20.0, 20.0], [20.0, 24.0]])  # exact distances
+    assert knn_radii(g, 1).tolist() == [3.0, 3.0, 4.0, 4.0]
+    on_sphere = torch.tensor([[0.0, -3.0], [0.0, -3.5]])
+    assert in_manifold(on_sphere, g, 1).tolist() == [True, False]  # the sphere is inside
 
 
 def test_precision_and_recall_in_feature_space():

@@ -193,6 +193,7 @@ def test_lookup_defaults_sizes_and_levels():
     assert two.sample(50).unique().tolist() == [0, 1]
     wide = TrainingSetLookup(torch.full((3, 1, 2, 2), 30), tau=0.1, levels=40)
     assert wide.sample(20).unique().tolist() == [30]  # levels above 16, a narrow kernel
+    assert torch.isfinite(wide.log_prob(torch.full((2, 1, 2, 2), 39))).all()
     with pytest.raises(ValueError) as info:
         TrainingSetLookup(X[:5], levels=1)
     assert str(info.value) == "levels must be an int >= 2, got 1"
