@@ -186,9 +186,10 @@ class RBM(nn.Module):
         v = self._visible(x, y)
         if v.is_meta:
             return -self.free_energy(v)
-        # float32/float64 even under torch.autocast: a bf16 free energy is off by tenths of a nat
+        # in the weights' dtype even under torch.autocast: a bf16 free energy is off by tenths
+        # of a nat (v already has the weights' dtype: float32, or float64 for a float64 RBM)
         with torch.autocast(v.device.type, enabled=False):
-            return (-self.free_energy(v.float()).double() - self.log_partition()).to(v.dtype)
+            return (-self.free_energy(v).double() - self.log_partition()).to(v.dtype)
 
     @torch.no_grad()
     def sample(

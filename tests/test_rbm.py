@@ -354,3 +354,16 @@ def test_init_from_data_refuses_a_smoothing_that_gives_infinite_biases():
     x = load_digits("train")[0][:20]
     with pytest.raises(ValueError, match=r"^alpha must be a finite number > 0, got 0.0$"):
         RBM(RBMConfig(num_hidden=3)).init_from_data(x, alpha=0)
+
+
+def test_a_float64_rbm_gives_the_float32_log_prob_in_float64():
+    """log_prob runs in the weights' dtype (a float64 RBM used to fail on a dtype mismatch)."""
+    from dgm_edu.data import load_digits
+
+    x = load_digits("val")[0][:5]
+    m32 = RBM(RBMConfig(num_hidden=8))
+    m64 = RBM(RBMConfig(num_hidden=8)).double()
+    m64.load_state_dict(m32.state_dict())
+    lp32, lp64 = m32.log_prob(x), m64.log_prob(x)
+    assert lp64.dtype == torch.float64
+    torch.testing.assert_close(lp64, lp32.double(), rtol=0, atol=1e-4)
