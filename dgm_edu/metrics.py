@@ -74,21 +74,27 @@ def mode_coverage(
     centres: torch.Tensor | None = None,
     std: float = RING_STD,
     num_std: float = 3.0,
-    min_count: int = 1,
+    min_share: float = 0.5,
 ) -> tuple[int, float]:
-    """Count the modes that a 2D sample covers.
+    """Count the modes that a 2D sample covers *well*.
 
     Each sample is assigned to its nearest centre; it is *high quality* when it lies within
-    ``num_std`` standard deviations of that centre. A mode is covered when at least ``min_count``
-    high-quality samples land on it. Returns ``(modes_covered, fraction_high_quality)``.
+    ``num_std`` standard deviations of that centre. With ``N`` samples and ``K`` centres a mode's
+    fair share is ``N / K``; the mode is covered when its high-quality samples reach at least
+    ``min_share`` of that share. One stray sample does not cover a mode, so a broad blob over the
+    ring, or a ring whose samples mostly miss their modes, covers none. Returns
+    ``(modes_covered, fraction_high_quality)``; judge a model on both.
     """
     centres = ring_centres() if centres is None else centres
     samples = checks.points(samples, centres.shape[1], "samples")
+    if not 0.0 < checks.real(min_share, "min_share", positive=True) <= 1.0:
+        raise ValueError(f"min_share must be in (0, 1], got {min_share}")
     d = torch.cdist(samples, centres.float())  # (N, K)
     dist, nearest = d.min(dim=1)
     good = dist <= num_std * std
-    counts = torch.bincount(nearest[good], minlength=len(centres))
-    return int((counts >= min_count).sum()), float(good.float().mean())
+    counts = torch.bincount(nearest[good], minlength=len(centres))  # (K,)
+    need = min_share * len(samples) / len(centres)
+    return int((counts >= need).sum()), float(good.float().mean())
 
 
 def nearest_neighbours(

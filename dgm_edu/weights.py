@@ -651,6 +651,24 @@ def build(
     return built
 
 
+def refigure(selected: list[str], *, out: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Measure the figures of shipped entries again, weights untouched (after a metric changes).
+
+    Each entry's weights are loaded and verified, its recipe's ``figures`` recomputed (full
+    estimators, fixed seeds, one thread) and its manifest row rewritten with them."""
+    out = Path(out) if out is not None else weights_dir()
+    torch.set_num_threads(1)
+    new = {name: recipe(name).figures(load(name, device="cpu")) for name in selected}
+    with open(out / f"{MANIFEST}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads((out / MANIFEST).read_text())["entries"]
+        for name, figures in new.items():
+            rows[name] = {**rows[name], "figures": figures}
+            print(f"{name}: {figures}", flush=True)
+        _write_manifest(rows, out)
+    return new
+
+
 def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m dgm_edu.weights", description=__doc__.split("\n")[0]
@@ -660,11 +678,15 @@ def _main(argv: list[str] | None = None) -> int:
     b.add_argument("names", nargs="*", help="entries to build (default: all)")
     b.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    f = sub.add_parser("figures", help="re-measure shipped entries' figures (weights unchanged)")
+    f.add_argument("names", nargs="+", help="shipped entries to measure again")
     sub.add_parser("list", help="the shipped entries and their figures")
     sub.add_parser("verify", help="check every shipped file against its sha256")
     args = p.parse_args(argv)
     if args.command == "build":
         build(args.names or None, threads=args.threads, progress=not args.no_progress)
+    elif args.command == "figures":
+        refigure(args.names)
     elif args.command == "list":
         for name, row in manifest().items():
             print(f"{name:24s} {row['bytes'] / 1e6:6.2f} MB  {row['figures']}")

@@ -199,10 +199,11 @@ def test_a_short_training_covers_the_ring_and_random_init_does_not():
     model = GAN(GANConfig(data_shape=(2,), hidden=128, latent_dim=2))
     assert mode_coverage(model.sample(2000))[0] < 6
     loader = make_loader(toy_2d("ring8", 2000), batch_size=128, shuffle=True)
-    hist = fit(model, gan.make_optimizers(model, lr=1e-3), loader, epochs=10, progress=False,
+    hist = fit(model, gan.make_optimizers(model, lr=1e-3), loader, epochs=100, progress=False,
                restore_best=False)  # fmt: skip
-    assert len(hist.logs["g_loss"]) == 10
-    assert mode_coverage(model.sample(2000))[0] >= 6
+    assert len(hist.logs["g_loss"]) == 100
+    covered, within = mode_coverage(model.sample(2000))
+    assert covered == 8 and within > 0.7  # (10 epochs gave 4.5% within 3 sigma: not learned)
 
 
 def test_the_ring_recipe_is_the_shared_toy_fit_of_the_shipped_weights():

@@ -30,7 +30,7 @@ def test_mode_coverage_counts_known_sets():
     exact = c.repeat(10, 1)
     assert metrics.mode_coverage(exact) == (8, 1.0)
     only_three = torch.cat([c[:3].repeat(5, 1), torch.zeros(5, 2)])  # 5 points at the origin: far
-    modes, quality = metrics.mode_coverage(only_three)
+    modes, quality = metrics.mode_coverage(only_three)  # fair share 20/8 = 2.5; each has 5
     assert modes == 3 and abs(quality - 15 / 20) < 1e-9
     just_outside = c[:1] + torch.tensor([[3.01 * data.RING_STD, 0.0]])
     assert metrics.mode_coverage(just_outside) == (0, 0.0)
@@ -61,11 +61,36 @@ def test_mode_coverage_matches_a_brute_force_count():
         if dists[k] <= 3 * data.RING_STD:
             counts[k] += 1
             good += 1
-    for min_count in (1, 30):
-        want = sum(c >= min_count for c in counts)
-        modes, quality = metrics.mode_coverage(pts, min_count=min_count)
+    wants = []
+    for min_share in (0.1, 0.5, 0.9):
+        want = sum(c >= min_share * len(pts) / 8 for c in counts)
+        modes, quality = metrics.mode_coverage(pts, min_share=min_share)
         assert modes == want and quality == pytest.approx(good / len(pts), rel=1e-6)
-    assert want < 8  # min_count = 30 leaves some modes out: both branches are exercised
+        wants.append(want)
+    assert wants[0] == 8 and wants[-1] < 8  # both branches of the threshold are exercised
+
+
+def test_mode_coverage_refuses_a_blob_and_a_ring_that_mostly_misses():
+    """One stray sample per mode used to count as covered: a broad blob and a ring with only 20%
+    of its samples within 3 sigma both scored 8/8 modes."""
+    gen = torch.Generator().manual_seed(0)
+    blob = 1.2 * torch.randn(2000, 2, generator=gen)  # one Gaussian over the whole ring
+    modes, within = metrics.mode_coverage(blob)
+    assert metrics.mode_coverage(blob, min_share=1e-3)[0] == 8  # the old count: every mode "hit"
+    assert modes == 0 and within < 0.2
+    c = data.ring_centres()
+    hits = c.repeat(50, 1) + 0.02 * torch.randn(400, 2, generator=gen)  # 20%: on the modes
+    misses = 1.6 * c.repeat(200, 1)  # 80%: pushed outwards, 3.2 sigma... far from every centre
+    ring = torch.cat([hits, misses])
+    modes, within = metrics.mode_coverage(ring)
+    assert within == pytest.approx(0.2) and modes == 0
+    assert metrics.mode_coverage(ring, min_share=0.2)[0] == 8  # exactly its share: counted
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])
+def test_mode_coverage_refuses_a_share_outside_0_1(bad):
+    with pytest.raises(ValueError, match="min_share"):
+        metrics.mode_coverage(data.ring_centres(), min_share=bad)
 
 
 @pytest.mark.parametrize(

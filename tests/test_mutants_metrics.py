@@ -201,5 +201,8 @@ def test_mode_coverage_counts_the_boundary_and_its_defaults():
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     samples = torch.tensor([[2.0, 0.0], [10.0, 1.0], [5.0, 5.0]])  # at 2σ, inside, far
     covered, within = mode_coverage(samples, centres, std=1.0, num_std=2.0)
-    assert (covered, within) == (2, pytest.approx(2 / 3))  # min_count = 1 by default
-    assert mode_coverage(samples, centres, std=1.0, num_std=2.0, min_count=2)[0] == 0
+    # fair share 3/3 = 1 sample; min_share = 0.5 by default needs 0.5 of it
+    assert (covered, within) == (2, pytest.approx(2 / 3))
+    assert mode_coverage(samples, centres, std=1.0, num_std=2.0, min_share=1.0)[0] == 2
+    assert mode_coverage(samples[:2].repeat(2, 1), centres, std=1.0, num_std=2.0)[0] == 2
+    assert mode_coverage(samples, centres, std=1.0, num_std=1.99)[0] == 1
