@@ -190,3 +190,22 @@ def test_build_refuses_other_modes(monkeypatch):
     monkeypatch.setenv("DGM_EDU_MODE", "fast")
     with pytest.raises(RuntimeError, match="expected DGM_EDU_MODE=full"):
         weights.build(["mixture"])
+
+
+def test_figures_are_measured_again_without_touching_the_weights(tmp_path):
+    """``python -m dgm_edu.weights figures NAME`` (after a metric changes): the row's figures are
+    recomputed from the shipped weights; the digest and every other field stay as they were."""
+    name = "gan-ring8@10"
+    real = json.loads((weights.weights_dir() / weights.MANIFEST).read_text())
+    stale = json.loads(json.dumps(real))
+    stale["entries"][name]["figures"] = {"modes": 99, "within_3sigma": -1.0, "estimator": "old"}
+    (tmp_path / weights.MANIFEST).write_text(json.dumps(stale))
+    new = weights.refigure([name], out=tmp_path)
+    rows = json.loads((tmp_path / weights.MANIFEST).read_text())["entries"]
+    assert new[name] == real["entries"][name]["figures"] == rows[name]["figures"]
+    assert {k: v for k, v in rows[name].items() if k != "figures"} == {
+        k: v for k, v in real["entries"][name].items() if k != "figures"
+    }
+    assert {k: rows[k] for k in rows if k != name} == {
+        k: v for k, v in real["entries"].items() if k != name
+    }
