@@ -23,6 +23,7 @@ best-epoch restore all use the real likelihood. The RBM is unconditional: a labe
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,25 +248,48 @@ class RBM(nn.Module):
     def _log_f(self, v: torch.Tensor, beta: float) -> torch.Tensor:
         """Unnormalised log-marginal of the AIS path at inverse temperature β: ``(N,)``.
 
-        log f(v; β) = (1 − β) b_A·v + β b·v + Σ_j softplus(β (c_j + v·W_j))
+        The path anneals the *joint* energy, E_β(v, h) = (1 − β) E_0(v, h) + β E(v, h) with
+        E_0(v, h) = −b_A·v, so the hidden units of ``ais_intermediate(β)`` are summed out:
+
+        log f(v; β) = ((1 − β) b_A + β b)·v + Σ_j softplus(β (c_j + v·W_j))
+
+        (β softplus(x) would be the geometric path of the *marginals*; this one is not that.)
         """
         lin = v @ ((1 - beta) * self.base_logits + beta * self.b)
         return lin + F.softplus(beta * (v @ self.W + self.c)).sum(-1)
 
     @torch.no_grad()
-    def ais_log_partition(
+    def ais_intermediate(self, beta: float) -> RBM:
+        """The RBM at inverse temperature β on the AIS path, a copy with
+
+        W_β = β W,   c_β = β c,   b_β = (1 − β) b_A + β b      (b_A = ``base_logits``).
+
+        Its free energy is −log f(v; β) (:meth:`_log_f`), and its block Gibbs sweep is the one
+        that :meth:`ais_log_weights` takes at β. β = 0 gives the base model (independent visibles
+        with logits b_A, hidden units that are fair coins); β = 1 gives this RBM.
+        """
+        beta = checks.real(beta, "beta")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+        other = copy.deepcopy(self)
+        other.W.mul_(beta)
+        other.c.mul_(beta)
+        other.b.copy_((1 - beta) * self.base_logits + beta * self.b)
+        return other
+
+    @torch.no_grad()
+    def ais_log_weights(
         self, num_betas: int = 1000, num_runs: int = 100, generator: torch.Generator | None = None
-    ) -> AISEstimate:
-        """Annealed importance sampling (Neal 2001; Salakhutdinov & Murray 2008) for log Z.
+    ) -> tuple[torch.Tensor, float]:
+        """The log importance weights of ``num_runs`` independent AIS runs, ``(R,)`` float64, and
+        log Z_0. Each run's exp(log Z_0 + log w_r) is an unbiased estimate of Z.
 
-        Base p_0: independent Bernoulli visibles with logits ``base_logits`` (times 2^H hidden
-        states that do not interact), so log Z_0 = sum_i softplus(b_{A,i}) + H log 2. The path
-        f_beta (see :meth:`_log_f`) moves from p_0 at beta = 0 to the RBM at beta = 1; each run
-        accumulates log w = sum_k [log f_{beta_k}(v_{k-1}) - log f_{beta_{k-1}}(v_{k-1})] and then
-        takes one Gibbs sweep that leaves p_{beta_k} invariant. E[w] = Z / Z_0.
-
-        The error bars are log(Ẑ (1 ∓ 3 s)), s = sd(w / mean w) / √R the relative standard error
-        of the mean weight (the lower one is −inf when 3 s >= 1).
+        Base p_0: independent Bernoulli visibles with logits ``base_logits`` b_A, times 2^H hidden
+        states that do not interact, so log Z_0 = Σ_i softplus(b_{A,i}) + H log 2. The runs move
+        through the RBMs ``ais_intermediate(β_k)``, β_k = k / K (K = ``num_betas``): each run
+        draws v ~ p_0, adds log f_{β_k}(v) − log f_{β_{k−1}}(v) to its log-weight (:meth:`_log_f`),
+        then takes one block Gibbs sweep of the RBM at β_k, which leaves its distribution, and so
+        f_{β_k}, invariant.
         """
         num_betas = checks.integer(num_betas, "num_betas", low=1)
         num_runs = checks.integer(num_runs, "num_runs", low=2)
@@ -277,12 +301,28 @@ class RBM(nn.Module):
         log_w = torch.zeros(num_runs, dtype=torch.float64, device=dev)
         for b_prev, b_next in zip(betas[:-1], betas[1:]):
             log_w += (self._log_f(v, b_next) - self._log_f(v, b_prev)).double()
-            # a Gibbs sweep that leaves p_{b_next} invariant:
+            # the block Gibbs sweep of the RBM at b_next (W, c scaled; visible biases mixed):
             # h ~ sigma(beta (c + vW)),  v ~ sigma((1 - beta) b_A + beta (b + W h))
             h = torch.bernoulli(torch.sigmoid(b_next * (v @ self.W + self.c)), generator=generator)
             logits = (1 - b_next) * base + b_next * (h @ self.W.T + self.b)
             v = torch.bernoulli(torch.sigmoid(logits), generator=generator)
         log_z0 = float(F.softplus(base.double()).sum()) + self.config.num_hidden * math.log(2)
+        return log_w, log_z0
+
+    @torch.no_grad()
+    def ais_log_partition(
+        self, num_betas: int = 1000, num_runs: int = 100, generator: torch.Generator | None = None
+    ) -> AISEstimate:
+        """Annealed importance sampling (Neal 2001; Salakhutdinov & Murray 2008) for log Z.
+
+        log Ẑ = log Z_0 + log (1/R) Σ_r w_r from :meth:`ais_log_weights`. E[Ẑ] = Z, so by
+        Jensen E[log Ẑ] <= log Z: log Ẑ tends to *under*-estimate log Z.
+
+        The error bars are log(Ẑ (1 ∓ 3 s)), s = sd(w / mean w) / √R the relative standard error
+        of the mean weight (the lower one is −inf when 3 s >= 1).
+        """
+        log_w, log_z0 = self.ais_log_weights(num_betas, num_runs, generator)
+        num_runs = len(log_w)
         log_mean = float(logmeanexp(log_w))  # log (1/R) Σ_r w_r
         # standard error of the mean weight, relative to the mean: sd(w / mean w) / sqrt(R)
         rel = float((log_w - log_mean).exp().std()) / math.sqrt(num_runs)

@@ -15,11 +15,13 @@ from dgm_edu.densities import standard_normal_log_prob
 from dgm_edu.digit_flow import ConvNet, DigitFlow, DigitFlowConfig, NetShape, coupling_stack
 from dgm_edu.flows import (
     IAF,
+    MADE,
     MAF,
     ActNorm,
     AffineCoupling,
     Flow2D,
     Flow2DConfig,
+    MaskedLinear,
     Planar,
     _mlp,
     alternating_mask,
@@ -210,6 +212,27 @@ def test_maf_jacobian_is_triangular_in_its_order():
         jp = jac[perm][:, perm]  # rows/cols in the autoregressive order
         assert torch.allclose(jp.triu(1), torch.zeros_like(jp))
         assert (jp.tril(-1).abs() > 1e-6).any()  # and it does depend on earlier coordinates
+
+
+@pytest.mark.parametrize(
+    "dim, hidden, num_hidden, order",
+    [(5, 8, 1, None), (6, 12, 3, [5, 4, 3, 2, 1, 0]), (7, 20, 2, [3, 0, 6, 1, 5, 2, 4])],
+)
+def test_made_connectivity_is_the_autoregressive_order(dim, hidden, num_hidden, order):
+    # Independent of the degree rule: the product of the 0/1 masks counts the paths from input d
+    # to each output; output i must reach exactly the inputs before i in the order, all of them.
+    # catches: >= at the output (x_i reaches mu_i), > in a hidden layer or hidden degrees that
+    # skip a value (earlier inputs cut off), a mask built on the identity order, not ``order``
+    made = MADE(dim, hidden, num_hidden, order)
+    masks = [m.mask for m in made.net if isinstance(m, MaskedLinear)]
+    assert len(masks) == num_hidden + 1
+    paths = masks[0]  # (H, D)
+    for mask in masks[1:]:
+        paths = mask @ paths  # (out, D): number of paths from input d
+    rank = torch.empty(dim, dtype=torch.long)
+    rank[torch.as_tensor(order if order is not None else range(dim))] = torch.arange(dim)
+    before = rank[:, None] > rank[None, :]  # (D, D): input d comes before input i
+    assert torch.equal(paths > 0, before.repeat(2, 1))  # mu rows, then alpha rows
 
 
 def test_actnorm_data_dependent_init():

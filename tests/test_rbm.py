@@ -367,3 +367,92 @@ def test_a_float64_rbm_gives_the_float32_log_prob_in_float64():
     lp32, lp64 = m32.log_prob(x), m64.log_prob(x)
     assert lp64.dtype == torch.float64
     torch.testing.assert_close(lp64, lp32.double(), rtol=0, atol=1e-4)
+
+
+def _with_base(model: RBM, seed: int = 4) -> RBM:
+    with torch.no_grad():
+        model.base_logits.copy_(
+            torch.randn(len(model.b), generator=torch.Generator().manual_seed(seed))
+        )
+    return model
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_the_ais_path_is_the_marginal_of_the_annealed_joint_energy(beta):
+    # catches: a path that scales the softplus (beta * softplus) instead of its argument, a wrong
+    # base term, an intermediate RBM with unscaled W or c
+    model = _with_base(tiny_rbm(V=4, H=3, scale=1.0, seed=5))
+    V, H = model.W.shape
+    vs = binary_states(V, dtype=torch.float64)
+    before = [p.detach().clone() for p in (model.W, model.b, model.c)]
+    # E_beta(v, h) = (1 - beta) E_0(v, h) + beta E(v, h),  E_0 = -b_A . v, by brute force over h
+    base = (vs @ model.base_logits)[:, None]  # (16, 1)
+    log_f = torch.logsumexp((1 - beta) * base + beta * joint_log_table(model), 1)  # (16,)
+    inter = model.ais_intermediate(beta)
+    with torch.no_grad():
+        assert torch.allclose(model._log_f(vs, beta), log_f, atol=1e-10)
+        assert torch.allclose(-inter.free_energy(vs), log_f, atol=1e-10)
+        assert torch.allclose(inter.W, beta * model.W) and torch.allclose(inter.c, beta * model.c)
+        geometric = (1 - beta) * base[:, 0] + beta * -model.free_energy(vs)  # p_0^(1-b) p^b
+        if beta == 0.3:
+            assert (geometric - log_f).abs().max() > 0.05  # not the path of the marginals
+    if beta == 0.0:  # the base model: log Z_0 = sum softplus(b_A) + H log 2
+        z0 = float(torch.nn.functional.softplus(model.base_logits).sum()) + H * math.log(2)
+        assert inter.exact_log_partition() == pytest.approx(z0, abs=1e-10)
+    assert all(torch.equal(p, q) for p, q in zip(before, (model.W, model.b, model.c)))  # a copy
+
+
+def test_the_ais_gibbs_sweep_leaves_each_intermediate_distribution_invariant():
+    # the transition matrix T(v'|v) = sum_h p_beta(h|v) p_beta(v'|h), enumerated: f_beta T = f_beta
+    model = _with_base(tiny_rbm(V=4, H=3, scale=1.5, seed=6))
+    V, H = model.W.shape
+    vs, hs = binary_states(V, dtype=torch.float64), binary_states(H, dtype=torch.float64)
+    for beta in [0.25, 0.7]:
+        inter = model.ais_intermediate(beta)
+        with torch.no_grad():
+            ph = inter.p_h_given_v(vs)  # (16, 3)
+            p_h = (hs[None] * ph[:, None] + (1 - hs[None]) * (1 - ph[:, None])).prod(-1)  # (16, 8)
+            pv = inter.p_v_given_h(hs)  # (8, 4)
+            p_v = (vs[None] * pv[:, None] + (1 - vs[None]) * (1 - pv[:, None])).prod(-1)  # (8, 16)
+            f = torch.softmax(model._log_f(vs, beta), 0)  # (16,)
+        T = p_h @ p_v  # (16, 16), rows sum to one
+        assert torch.allclose(T.sum(1), torch.ones(16, dtype=torch.float64))
+        assert torch.allclose(f @ T, f, atol=1e-12)
+        assert not torch.allclose(torch.full_like(f, 1 / 16) @ T, torch.full_like(f, 1 / 16))
+
+
+def test_ais_runs_through_the_intermediate_rbms():
+    # replay AIS with ais_intermediate's free energies and gibbs_step: the same draws, same weights
+    model = _with_base(tiny_rbm(V=6, H=3, scale=0.8, seed=7))
+    K, R = 7, 5
+    log_w, log_z0 = model.ais_log_weights(K, R, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    v = torch.bernoulli(torch.sigmoid(model.base_logits).expand(R, -1).contiguous(), generator=gen)
+    replay = torch.zeros(R, dtype=torch.float64)
+    betas = torch.linspace(0, 1, K + 1).tolist()
+    for b_prev, b_next in zip(betas[:-1], betas[1:]):
+        prev, nxt = model.ais_intermediate(b_prev), model.ais_intermediate(b_next)
+        with torch.no_grad():
+            replay += prev.free_energy(v) - nxt.free_energy(v)
+        v, _ = nxt.gibbs_step(v, gen)
+    assert torch.allclose(log_w, replay, atol=1e-10)
+    assert log_z0 == pytest.approx(model.ais_intermediate(0.0).exact_log_partition(), abs=1e-10)
+    est = model.ais_log_partition(K, R, generator=torch.Generator().manual_seed(3))
+    assert est.log_z == pytest.approx(log_z0 + float(torch.logsumexp(log_w, 0)) - math.log(R))
+
+
+def test_ais_weights_are_unbiased_for_z_and_log_z_hat_underestimates_on_a_sharp_model():
+    # E[w] = Z / Z_0 (many runs), while log of a mean over few runs sits below log Z on average
+    model = _with_base(tiny_rbm(V=8, H=4, scale=2.0, seed=8))
+    exact = model.exact_log_partition()
+    log_w, log_z0 = model.ais_log_weights(3, 200_000, generator=torch.Generator().manual_seed(0))
+    assert log_z0 + float(torch.logsumexp(log_w, 0)) - math.log(len(log_w)) == pytest.approx(
+        exact, abs=0.05
+    )
+    small = log_z0 + torch.logsumexp(log_w.view(-1, 10), 1) - math.log(10)  # 20000 estimates
+    assert float(small.mean()) < exact - 0.1
+
+
+def test_ais_intermediate_refuses_a_beta_outside_the_unit_interval():
+    with pytest.raises(ValueError, match=r"^beta must be in \[0, 1\], got 1.5$"):
+        tiny_rbm().ais_intermediate(1.5)
