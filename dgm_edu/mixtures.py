@@ -3,7 +3,8 @@
 - :class:`UniformPixels`: every one of the 17^64 images equally likely (64 ln 17 = 181.3 nats).
 - :class:`PixelMixture`: a mixture of K products of per-pixel categoricals. With K = 1 it is the
   independent-pixel baseline, which also has a closed-form maximum-likelihood fit (counting).
-- :class:`GaussianMixture`: a diagonal Gaussian mixture for the 2D toys.
+- :class:`GaussianMixture`: a diagonal Gaussian mixture for the 2D toys, fitted by gradient ascent
+  or by expectation-maximisation (:meth:`GaussianMixture.em_step`).
 - :class:`TrainingSetLookup`: a mixture of N jitter kernels, one on each training image: the
   model that copies (chapter 8), fitted by storing its images.
 
@@ -182,6 +183,30 @@ class GaussianMixture(nn.Module):
     def loss(self, x: torch.Tensor, y: None = None) -> torch.Tensor:
         """Negative log-likelihood per point, averaged (train and eval mode alike)."""
         return -self.log_prob(x, y).mean()
+
+    @torch.no_grad()
+    def em_step(self, x: torch.Tensor, min_std: float = 1e-3) -> float:
+        """One expectation-maximisation step on points ``(N, D)``, in place (Dempster et al., 1977).
+
+        E-step: responsibilities r_nk = π_k N(x_n; μ_k, σ_k²) / Σ_j π_j N(x_n; μ_j, σ_j²).
+        M-step: with N_k = Σ_n r_nk, π_k = N_k / N, μ_k = Σ_n r_nk x_n / N_k and
+        σ_kd² = Σ_n r_nk (x_nd − μ_kd)² / N_k, floored at ``min_std``². Returns the mean
+        log-likelihood of ``x`` under the parameters *before* the step; it never decreases from
+        one step to the next (up to the floor and rounding), which is how convergence is seen.
+        """
+        x = checks.points(x, self.config.dim)
+        min_std = checks.real(min_std, "min_std", positive=True)
+        log_normal = normal_log_prob(x[:, None, :], self.means, 2 * self.log_stds)  # (N, K)
+        log_joint = self.mix_logits.log_softmax(0) + log_normal  # log π_k N(x_n | k): (N, K)
+        log_px = torch.logsumexp(log_joint, dim=1, keepdim=True)  # (N, 1)
+        r = (log_joint - log_px).exp()  # responsibilities (N, K), rows sum to 1
+        n_k = r.sum(0).clamp_min(1e-12)  # (K,)
+        means = (r.T @ x) / n_k[:, None]  # (K, D)
+        var = (r.T @ x**2) / n_k[:, None] - means**2  # E_r[x²] − μ²: (K, D)
+        self.mix_logits.copy_((n_k / len(x)).log())  # log π_k (already normalised)
+        self.means.copy_(means)
+        self.log_stds.copy_(0.5 * var.clamp_min(min_std**2).log())
+        return float(log_px.mean())
 
     @torch.no_grad()
     def sample(self, n: int, *, y: None = None) -> torch.Tensor:

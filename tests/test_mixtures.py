@@ -129,6 +129,73 @@ def test_gradient_ascent_recovers_a_known_mixture():
     assert torch.allclose(gmm.log_stds.exp().detach(), torch.full((8, 2), data.RING_STD), atol=0.03)
 
 
+def _em_step_numpy(x, log_pi, means, stds):
+    """One EM step of a diagonal Gaussian mixture, written independently in float64 numpy loops."""
+    import numpy as np
+
+    x, log_pi, mu, sd = (np.asarray(a, dtype=np.float64) for a in (x, log_pi, means, stds))
+    pi = np.exp(log_pi)
+    n, k = len(x), len(pi)
+    dens = np.zeros((n, k))
+    for j in range(k):  # π_j Π_d N(x_d; μ_jd, σ_jd²), no log-sum-exp
+        z = (x - mu[j]) / sd[j]
+        dens[:, j] = pi[j] * np.prod(np.exp(-0.5 * z**2) / (np.sqrt(2 * np.pi) * sd[j]), axis=1)
+    r = dens / dens.sum(1, keepdims=True)
+    nk = r.sum(0)
+    new_mu = np.stack([(r[:, j : j + 1] * x).sum(0) / nk[j] for j in range(k)])
+    new_var = np.stack([(r[:, j : j + 1] * (x - new_mu[j]) ** 2).sum(0) / nk[j] for j in range(k)])
+    return np.log(dens.sum(1)).mean(), nk / n, new_mu, np.sqrt(new_var)
+
+
+def test_em_step_matches_an_independent_computation():
+    torch.manual_seed(0)
+    gmm = GaussianMixture(GaussianMixtureConfig(num_components=3, init_scale=1.0))
+    with torch.no_grad():
+        gmm.log_stds.normal_(0, 0.3)
+        gmm.mix_logits.normal_()
+    x = data.toy_2d("moons", 300, seed=0)
+    want = _em_step_numpy(
+        x, gmm.mix_logits.log_softmax(0).detach(), gmm.means.detach(), gmm.log_stds.exp().detach()
+    )
+    ll = gmm.em_step(x)
+    assert abs(ll - want[0]) < 1e-4  # the log-likelihood *before* the step
+    assert torch.allclose(gmm.mix_logits.softmax(0), torch.tensor(want[1]).float(), atol=1e-5)
+    assert torch.allclose(gmm.means, torch.tensor(want[2]).float(), atol=1e-4)
+    assert torch.allclose(gmm.log_stds.exp(), torch.tensor(want[3]).float(), atol=1e-4)
+
+
+def test_em_never_lowers_the_likelihood_and_k1_is_the_closed_form():
+    x = data.toy_2d("ring8", 2000, seed=0)
+    torch.manual_seed(1)
+    gmm = GaussianMixture(GaussianMixtureConfig(num_components=8))
+    gmm.init_from_data(x)
+    lls = [gmm.em_step(x) for _ in range(60)]
+    assert all(b >= a - 1e-5 for a, b in zip(lls, lls[1:]))  # monotone, up to float32 rounding
+    with torch.no_grad():
+        assert abs(gmm.log_prob(x).mean().item() - gmm.em_step(x)) < 1e-6  # returns log p before
+    one = GaussianMixture(GaussianMixtureConfig(num_components=1))
+    one.em_step(x)  # K = 1: the sample mean and the (biased) sample std, in one step
+    assert torch.allclose(one.means[0], x.mean(0), atol=1e-5)
+    assert torch.allclose(one.log_stds.exp()[0], x.std(0, unbiased=False), atol=1e-5)
+    before = one.means.clone()
+    one.em_step(x)
+    assert torch.allclose(one.means, before, atol=1e-6)  # a fixed point
+
+
+def test_em_step_floors_the_std_and_checks_its_arguments():
+    gmm = GaussianMixture(GaussianMixtureConfig(num_components=2))
+    with torch.no_grad():
+        gmm.means.copy_(torch.tensor([[0.0, 0.0], [50.0, 50.0]]))
+    x = torch.tensor([[50.0, 50.0], [0.0, 0.0], [1.0, -1.0]])
+    gmm.em_step(x, min_std=0.05)  # the second component owns one point: zero variance, floored
+    assert torch.allclose(gmm.log_stds.exp()[1], torch.full((2,), 0.05))
+    assert torch.allclose(gmm.mix_logits.softmax(0), torch.tensor([2 / 3, 1 / 3]), atol=1e-6)
+    with pytest.raises(ValueError, match="min_std"):
+        gmm.em_step(x, min_std=0.0)
+    with pytest.raises((ValueError, TypeError)):
+        gmm.em_step(torch.zeros(4, 3))
+
+
 # --------------------------------------------------------------------------- the contract
 def test_loss_is_the_mean_negative_log_prob_in_both_modes():
     torch.manual_seed(0)
