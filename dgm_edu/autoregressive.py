@@ -92,7 +92,8 @@ class PixelCNNConfig:
     levels: int = LEVELS  # categories per pixel (17 grey levels for the digits)
     channels: int = 64
     num_layers: int = 6  # residual (PixelCNN) or gated (GatedPixelCNN) layers
-    kernel_size: int = 3  # of the later layers (the PixelCNN's first layer uses 2k+1)
+    kernel_size: int = 3  # of the later layers
+    input_kernel_size: int = 0  # the PixelCNN's type-A first layer; 0 means 2 * kernel_size + 1
     num_classes: int = 0  # > 0: class-conditional p(x | y)
     dropout: float = 0.0
 
@@ -188,7 +189,8 @@ class PixelCNN(_PixelModel):
     def __init__(self, config: PixelCNNConfig | None = None) -> None:
         c = config or PixelCNNConfig()
         super().__init__(c, cond_channels=c.channels)
-        self.input = MaskedConv2d(1, c.channels, 2 * c.kernel_size + 1, "A")
+        k_in = c.input_kernel_size or 2 * c.kernel_size + 1  # 7x7 for k = 3, as in the paper
+        self.input = MaskedConv2d(1, c.channels, k_in, "A")
         self.layers = nn.ModuleList(
             MaskedConv2d(c.channels, c.channels, c.kernel_size, "B") for _ in range(c.num_layers)
         )

@@ -65,6 +65,43 @@ def test_gated_has_no_blind_spot_and_pixelcnn_has_one():
     assert blind[8, 7] == 1
 
 
+@pytest.mark.parametrize("num_layers", [1, 3, 9])
+def test_pixelcnn_3x3_field_matches_path_enumeration(num_layers):
+    # catches: an input_kernel_size that is ignored, or a type-B mask that reaches to the right
+    size, row, col = 10, 7, 3
+    cfg = PixelCNNConfig(
+        height=size,
+        width=size,
+        channels=4,
+        num_layers=num_layers,
+        kernel_size=3,
+        input_kernel_size=3,
+    )
+    model = PixelCNN(cfg)
+    assert model.input.kernel_size == (3, 3)
+    field = receptive_field(model, row, col)
+    # independent: the offsets a 3x3 type-A tap, then num_layers type-B taps, can add up to
+    step_a = {(-1, -1), (-1, 0), (-1, 1), (0, -1)}
+    reach = set(step_a)
+    for _ in range(num_layers):
+        reach |= {(r + dr, c + dc) for r, c in reach for dr, dc in step_a | {(0, 0)}}
+    expected = torch.zeros(size, size, dtype=torch.bool)
+    for dr, dc in reach:
+        if 0 <= row + dr < size and 0 <= col + dc < size:
+            expected[row + dr, col + dc] = True
+    assert torch.equal(field, expected)
+    if num_layers == 9:  # deep enough: only the wedge dc > -dr above the pixel stays unseen
+        r, c = torch.arange(size)[:, None], torch.arange(size)[None, :]
+        past = r * size + c < row * size + col
+        wedge = (r < row) & (c - col > row - r)
+        assert torch.equal(past & ~field, wedge) and wedge.sum() > 0
+
+
+def test_pixelcnn_default_input_kernel_is_2k_plus_1():
+    assert PixelCNN(PixelCNNConfig(channels=4, kernel_size=3)).input.kernel_size == (7, 7)
+    assert PixelCNN(PixelCNNConfig(channels=4, kernel_size=5)).input.kernel_size == (11, 11)
+
+
 def _all_images(h: int, w: int, levels: int) -> torch.Tensor:
     grid = itertools.product(range(levels), repeat=h * w)
     return torch.tensor(list(grid)).view(-1, 1, h, w)  # (levels^D, 1, h, w)
