@@ -16,8 +16,8 @@ TORCH ?= 2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup book book-full book-fast weights verify-weights benchmark-shipped readme test lint sync check-sync unit chapters browser assignments \
-        test-assignments benchmark clean chromium mutation
+.PHONY: setup book book-student book-full book-fast weights verify-weights benchmark-shipped readme test lint sync check-sync unit chapters browser assignments \
+        test-assignments benchmark clean chromium mutation formgrader
 
 ## setup: the virtual environment (torch pinned to the CPU build), MathJax from npm, Chromium.
 setup: $(STAMP) $(MATHJAX)/tex-chtml.js
@@ -73,6 +73,16 @@ book: setup
 	cp $(MANIFEST) book/_build/.weights-manifest
 	@echo "The site is at $(CURDIR)/book/_build/html/index.html"
 
+## book-student: the student edition of the site: no solution bodies, no hidden tests. Nothing is
+## executed again: the chapters are the reference build's executed notebooks (make book) passed
+## through nbgrader's ClearSolutions/ClearHiddenTests. The student notebooks (the same, without
+## outputs) are copied to build/student/notebooks/.
+book-student: setup
+	DGM_EDU_EDITION=student $(BIN)/jupyter-book build book --warningiserror --keep-going --path-output build/student
+	rm -rf build/student/notebooks && mkdir -p build/student/notebooks
+	cp build/student/_build/html/_sources/chapters/*.ipynb build/student/notebooks/
+	@echo "The student edition is at $(CURDIR)/build/student/_build/html/index.html"
+
 ## book-full: the same site with every model retrained from scratch at the full budget
 book-full: setup
 	DGM_EDU_MODE=full $(BIN)/jupyter-book build book --warningiserror --keep-going --path-output build/full
@@ -104,19 +114,27 @@ book-fast: setup
 	DGM_EDU_FAST=1 $(BIN)/jupyter-book build book --warningiserror --keep-going --path-output build/fast
 	@echo "The fast-mode site is at $(CURDIR)/build/fast/_build/html/index.html"
 
-## browser: load every page of the reference site (make book) in headless Chromium
+## browser: load every page of the reference site (make book) in headless Chromium, and check
+## both editions (tests/browser/test_editions.py: needs make book-student too)
 browser: setup chromium
 	$(BIN)/pytest tests/browser -q -p no:cacheprovider
 
-## assignments: build the nbgrader course (source + released student versions)
+## assignments: build the nbgrader course (source + released student versions) in $(COURSE);
+## EXCHANGE=/srv/nbgrader/exchange records the exchange folder (book/teachers.md)
+COURSE ?= course
+EXCHANGE ?=
 assignments: setup
-	$(BIN)/python scripts/build_course.py build course
+	$(BIN)/python scripts/build_course.py build $(COURSE) $(if $(EXCHANGE),--exchange $(EXCHANGE))
+
+## formgrader: Jupyter Lab started in the course folder (the formgrader finds the course there)
+formgrader: setup
+	cd $(COURSE) && PATH="$(CURDIR)/$(BIN):$$PATH" jupyter lab --no-browser $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test-assignments: setup
 	$(BIN)/pytest tests/assignments -q -p no:cacheprovider
 
 ## test: everything CI runs
-test: setup lint check-sync unit chapters book browser test-assignments
+test: setup lint check-sync unit chapters book book-student browser test-assignments
 	@echo "All checks passed."
 
 benchmark: setup
