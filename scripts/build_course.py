@@ -99,8 +99,13 @@ def chapter_names() -> list[str]:
 
 
 def extract_assignment(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The set-up cell, cells tagged ``exercise-setup``, and the Exercises section."""
-    keep, in_exercises, seen_setup = [], False, False
+    """Cells tagged ``exercise-setup`` and the Exercises section.
+
+    The chapter's own set-up cell (its first code cell) is left out when the Exercises section
+    opens with its own ``exercise-setup`` cell, so the released notebook imports only what the
+    exercises need (nothing that answers them)."""
+    own_setup = _exercises_have_setup(nb)
+    keep, in_exercises, seen_setup = [], False, own_setup
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             lines = cell.source.splitlines()
@@ -127,6 +132,19 @@ def extract_assignment(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     )
     out.cells = [intro, *keep]
     return out
+
+
+def _exercises_have_setup(nb: nbformat.NotebookNode) -> bool:
+    """Whether a code cell tagged ``exercise-setup`` sits inside the Exercises section."""
+    in_exercises = False
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            heads = [line for line in cell.source.splitlines() if line.startswith("## ")]
+            if heads:
+                in_exercises = heads[-1].lower().startswith("## exercises")
+        elif in_exercises and "exercise-setup" in cell.metadata.get("tags", []):
+            return True
+    return False
 
 
 def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:

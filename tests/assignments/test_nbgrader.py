@@ -1,13 +1,20 @@
 """Every chapter's exercises as an nbgrader assignment, graded by the real nbgrader.
 
-- The reference solutions score full marks.
-- The released, unanswered notebooks score 0.
-- A planted wrong answer that passes every visible test loses the hidden-test points.
+Each chapter's other answers live in ``tests/assignments/answers/<chapter>.py``: for every code
+solution cell, an ``ALTERNATIVE`` correct answer written differently and a ``PLANTED`` wrong answer
+that passes the visible tests.
+
+- The reference solutions score full marks; the released, unanswered notebook scores 0.
+- All the alternative answers together score full marks.
+- All the planted answers together pass every visible test (the notebook runs without error), and
+  every exercise with a planted answer loses points in its own test cells.
 - The jupytext pairing keeps the nbgrader metadata (round trip).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -21,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import build_course  # noqa: E402
 
-# Wrong answers that pass the visible tests but not the hidden ones: {assignment: {grade_id: code}}.
-PLANTED = {
+ANSWERS = ROOT / "tests" / "assignments" / "answers"
+# Older planted answers, for chapters whose exercises have no answers file yet
+LEGACY_PLANTED = {
     "01_introduction": {
         # ignores alpha: right for the visible test (alpha = 1), wrong for the hidden one
         "intro-ex1-solution": (
@@ -75,6 +83,41 @@ PLANTED = {
 NAMES = build_course.chapter_names()
 
 
+def _answers(name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``(ALTERNATIVE, PLANTED)`` of a chapter: {solution grade_id: code}."""
+    path = ANSWERS / f"{name}.py"
+    if not path.is_file():
+        return {}, LEGACY_PLANTED.get(name, {})
+    spec = importlib.util.spec_from_file_location(f"answers_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.ALTERNATIVE), dict(module.PLANTED)
+
+
+def _code_solutions(name: str) -> set[str]:
+    nb = nbformat.read(ROOT / "chapters" / f"{name}.ipynb", as_version=4)
+    return {
+        c.metadata["nbgrader"]["grade_id"]
+        for c in nb.cells
+        if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")
+    }
+
+
+def _exercise(grade_id: str) -> str:
+    """``intro-ex3-solution`` and ``intro-ex3-tests-b`` -> ``intro-ex3``."""
+    match = re.match(r"^(.*?-ex\d+)-", grade_id)
+    assert match, f"grade_id {grade_id!r} does not follow <prefix>-exN-<part>"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_code_solution_has_an_alternative_and_a_planted_answer(name):
+    alternative, planted = _answers(name)
+    solutions = _code_solutions(name)
+    assert set(alternative) == solutions, f"{name}: alternatives for {sorted(alternative)}"
+    assert set(planted) == solutions, f"{name}: planted answers for {sorted(planted)}"
+
+
 def _solutions(nb: nbformat.NotebookNode) -> dict[str, str]:
     return {
         c.metadata["nbgrader"]["grade_id"]: c.source
@@ -123,37 +166,54 @@ def test_jupytext_round_trip_keeps_nbgrader_metadata():
         assert [c.metadata.get("nbgrader") for c in jupytext.read(md).cells] == meta, md.name
 
 
+def _run(path: Path) -> None:
+    """Execute a submitted notebook: raises if any visible test fails."""
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_autograde(course, name):
     source = nbformat.read(course / "source" / name / f"{name}.ipynb", as_version=4)
-    _submit(course, name, "reference", _solutions(source))
+    reference = _solutions(source)
+    alternative, planted = _answers(name)
+    _submit(course, name, "reference", reference)
     _submit(course, name, "blank", {})
-    planted = PLANTED.get(name)
+    if alternative:
+        _submit(course, name, "alternative", {**reference, **alternative})
     if planted:
-        path = _submit(course, name, "planted", {**_solutions(source), **planted})
-        # the planted answer passes every visible test: the released notebook runs without error
-        nb = nbformat.read(path, as_version=4)
-        NotebookClient(
-            nb,
-            timeout=300,
-            kernel_name="python3",
-            resources={"metadata": {"path": str(path.parent)}},
-        ).execute()
+        _run(_submit(course, name, "planted", {**reference, **planted}))
     build_course.nbgrader(course, "autograde", name, "--force")
 
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         ref = gb.find_submission(name, "reference")
-        assert ref.max_score > 0
-        assert ref.score == ref.max_score, (
-            f"reference solutions of {name}: {ref.score}/{ref.max_score}"
+        assert ref.max_code_score > 0
+        assert ref.code_score == ref.max_code_score, (
+            f"reference solutions of {name}: {ref.code_score}/{ref.max_code_score}"
         )
         blank = gb.find_submission(name, "blank")
-        assert blank.score == 0, f"unanswered {name} scored {blank.score}"
+        assert blank.code_score == 0, f"unanswered {name} scored {blank.code_score}"
+        if alternative:
+            alt = gb.find_submission(name, "alternative")
+            assert alt.code_score == alt.max_code_score, (
+                f"alternative answers of {name}: {alt.code_score}/{alt.max_code_score}"
+            )
         if planted:
-            sub = gb.find_submission(name, "planted")
-            assert sub.score < sub.max_score, f"planted wrong answer in {name} got full marks"
+            tests = [
+                c.metadata["nbgrader"]["grade_id"]
+                for c in source.cells
+                if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")
+            ]
+            for gid in planted:
+                own = [t for t in tests if _exercise(t) == _exercise(gid)]
+                assert own, f"{name}: no graded test cell for {gid}"
+                grades = [gb.find_grade(t, name, name, "planted") for t in own]
+                lost = sum(g.max_score for g in grades) - sum(g.score for g in grades)
+                assert lost > 0, f"{name}: the planted wrong answer for {gid} lost no points"
 
 
 def test_release_strips_solutions_and_hidden_tests(course):
