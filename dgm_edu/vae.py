@@ -14,11 +14,13 @@ so the ELBO is a lower bound, and the importance-weighted bound (IWAE, Burda et 
 
 tightens it: L_1 = ELBO <= L_k <= L_{k+1} -> log p(x). ``log_prob`` returns L_k.
 
-- :class:`VAE`: convolutional encoder/decoder, beta as a config value, KL warm-up, and an optional
-  class condition (``num_classes > 0``: ``loss(x, y)``, ``sample(n, y=...)``). It takes the 8x8
-  digits (the networks are built for 8x8; a 28x28 batch is refused by :func:`validate_digits`).
+- :class:`VAE`: convolutional encoder/decoder (or fully connected ones, ``kind="mlp"``), beta as
+  a config value, KL warm-up, and an optional class condition (``num_classes > 0``:
+  ``loss(x, y)``, ``sample(n, y=...)``). It takes the 8x8 digits (the networks are built for
+  8x8; a 28x28 batch is refused by :func:`validate_digits`).
 - :func:`gaussian_kl`, :func:`reparameterize`: the two formulas the ELBO is made of.
-- :func:`active_units`: the posterior-collapse diagnostic of Burda et al.
+- :func:`active_units`: the posterior-collapse diagnostic of Burda et al.;
+  :func:`kl_decomposition` splits each dimension's rate into information and prior mismatch.
 - :func:`train_vae`, :func:`train_reference`: the book's recipe.
 """
 
@@ -34,21 +36,30 @@ from torch import nn
 
 from dgm_edu import checks
 from dgm_edu.data import IMAGE_SHAPE, LEVELS, digits_loader, to_unit, validate_digits
-from dgm_edu.densities import normal_log_prob
+from dgm_edu.densities import logmeanexp, normal_log_prob
 from dgm_edu.runtime import budget, module_device, seed_everything
 from dgm_edu.train import History, fit
+
+KINDS = ("conv", "mlp")
 
 
 @dataclass
 class VAEConfig:
     latent_dim: int = 32
-    channels: int = 64  # width of the conv stacks
+    channels: int = 64  # width: of the conv stacks ("conv"), of the hidden layers ("mlp")
     blocks: int = 1  # residual blocks at 8x8 in the decoder (and at each scale of the encoder)
     beta: float = 1.0  # weight of the KL term: beta = 1 is the ELBO, beta > 1 a beta-VAE
     warmup_steps: int = 0  # the KL weight ramps linearly from 0 to beta over this many steps
     dropout: float = 0.0
     num_classes: int = 0  # > 0: a class-conditional VAE, q(z | x, y) and p(x | z, y)
     levels: int = LEVELS
+    # "conv": convolutional encoder and decoder; "mlp": fully connected ones (1 + blocks hidden
+    # layers of `channels` units each), the control that shares no weights across positions
+    kind: str = "conv"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
 
 # --------------------------------------------------------------------------- the two formulas
@@ -154,6 +165,44 @@ class Decoder(nn.Module):
         return self.net(h).view(*lead, -1, 8, 8)
 
 
+class MLPEncoder(nn.Module):
+    """q(z | x[, y]) without convolutions: (B, 1, 8, 8) in [0, 1] -> mu, logvar, each (B, D)."""
+
+    def __init__(self, c: VAEConfig) -> None:
+        super().__init__()
+        h, layers = c.channels, [nn.Linear(64 + c.num_classes, c.channels)]  # (B, h)
+        for _ in range(c.blocks):
+            layers += [nn.GELU(), nn.Dropout(c.dropout), nn.Linear(h, h)]
+        self.net = nn.Sequential(
+            *layers, nn.GELU(), nn.Dropout(c.dropout), nn.Linear(h, 2 * c.latent_dim)
+        )
+
+    def forward(self, x: torch.Tensor, y1h: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        h = x.flatten(1)  # (B, 64): every pixel its own input, no position is shared
+        if y1h is not None:
+            h = torch.cat([h, y1h], 1)  # (B, 64 + K)
+        mu, logvar = self.net(h).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class MLPDecoder(nn.Module):
+    """p(x | z[, y]) without convolutions: (..., D) -> logits (..., 17, 8, 8)."""
+
+    def __init__(self, c: VAEConfig) -> None:
+        super().__init__()
+        h, layers = c.channels, [nn.Linear(c.latent_dim + c.num_classes, c.channels)]
+        for _ in range(c.blocks):
+            layers += [nn.GELU(), nn.Dropout(c.dropout), nn.Linear(h, h)]
+        self.levels = c.levels
+        self.net = nn.Sequential(*layers, nn.GELU(), nn.Linear(h, c.levels * 64))  # 17 x 64
+
+    def forward(self, z: torch.Tensor, y1h: torch.Tensor | None) -> torch.Tensor:
+        lead = z.shape[:-1]
+        if y1h is not None:
+            z = torch.cat([z, y1h.expand(*lead, -1)], -1)
+        return self.net(z).view(*lead, self.levels, 8, 8)
+
+
 def categorical_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x | z) = Σ_pixels log softmax(logits)[x], in nats.
 
@@ -171,8 +220,9 @@ class VAE(nn.Module):
     def __init__(self, config: VAEConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or VAEConfig()
-        self.encoder = Encoder(c)
-        self.decoder = Decoder(c)
+        conv = c.kind == "conv"
+        self.encoder = Encoder(c) if conv else MLPEncoder(c)
+        self.decoder = Decoder(c) if conv else MLPDecoder(c)
         # training steps taken: drives the KL warm-up schedule, moves and saves with the model
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
@@ -318,6 +368,51 @@ def active_units(
     return int((var > threshold).sum()), var
 
 
+@torch.no_grad()
+def kl_decomposition(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    samples: int = 64,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split each latent dim's average rate into information and prior mismatch: two (D,).
+
+    With x uniform over the N rows of ``mu``, ``logvar`` (N, D) (the posteriors q(z | x_n) of N
+    images) and the aggregate posterior q̄(z_j) = (1/N) Σ_n q(z_j | x_n), per dimension j
+    (Hoffman and Johnson 2016):
+
+        (1/N) Σ_n KL(q(z_j | x_n) ‖ p(z_j)) = I(x; z_j) + KL(q̄(z_j) ‖ p(z_j)),
+
+    I(x; z_j) = E_n E_{q(z_j | x_n)}[log q(z_j | x_n) − log q̄(z_j)]: the nats z_j carries about
+    which image it encodes (at most log N); KL(q̄ ‖ p) = E_{q̄}[log q̄(z_j) − log p(z_j)]: how far
+    the codes as a whole sit from the prior. Both are estimated with ``samples`` draws from each
+    q(z_j | x_n); their sum estimates the closed-form average KL. Returns (I, KL(q̄ ‖ p)).
+    """
+    samples = checks.integer(samples, "samples", low=1)
+    if mu.dim() != 2 or mu.shape != logvar.shape:
+        raise ValueError(
+            f"mu and logvar must both be (N, D), got {tuple(mu.shape)} and {tuple(logvar.shape)}"
+        )
+    mu, logvar = mu.double(), logvar.double()
+    std = (0.5 * logvar).exp()
+    info = torch.zeros(mu.shape[1], dtype=torch.float64, device=mu.device)
+    mismatch = torch.zeros_like(info)
+    for _ in range(samples):
+        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device="cpu")
+        z = mu + std * eps.to(mu.device)  # (N, D): one draw from each q(z | x_n)
+        log_q = normal_log_prob(z[..., None], mu[..., None], logvar[..., None])  # (N, D)
+        # log q̄(z_n) = log (1/N) Σ_m q(z_n | x_m): component m of every row, (N, N, D) -> (N, D)
+        log_agg = logmeanexp(
+            normal_log_prob(z[:, None, :, None], mu[None, :, :, None], logvar[None, :, :, None]),
+            1,
+        )
+        zero = torch.zeros_like(z[..., None])
+        log_p = normal_log_prob(z[..., None], zero, zero)  # (N, D): log N(z_j; 0, 1)
+        info += (log_q - log_agg).mean(0) / samples
+        mismatch += (log_agg - log_p).mean(0) / samples
+    return info.float(), mismatch.float()
+
+
 # --------------------------------------------------------------------------- recipes
 def train_vae(
     config: VAEConfig,
@@ -359,25 +454,41 @@ def train_vae(
     return model, hist
 
 
-def reference_config() -> VAEConfig:
-    """The book's reference VAE (its numbers are in chapters/03_vae.md and benchmarks/vae.py)."""
+def reference_config(kind: str = "conv") -> VAEConfig:
+    """The book's reference VAE (its numbers are in chapters/03_vae.md and benchmarks/vae.py).
+
+    ``kind="mlp"`` is its fully connected control: two hidden layers of 108 units, which gives
+    it as many parameters as the convolutional reference (154,480 against 153,713).
+    """
     return VAEConfig(
         latent_dim=16,
-        channels=32,
+        channels=32 if kind == "conv" else 108,
         blocks=1,
         beta=1.0,
         warmup_steps=budget(fast=50, full=300),
         dropout=budget(fast=0.0, full=0.2),
+        kind=kind,
     )
 
 
 def train_reference(
-    *, checkpoint: str | Path | None = None, progress: bool = True, seed: int = 0
+    *,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    kind: str = "conv",
+    epochs: int | None = None,
 ) -> tuple[VAE, History]:
-    """The book's reference recipe: fast mode trains for seconds, full mode for minutes."""
+    """The book's reference recipe: fast mode trains for seconds, full mode for minutes.
+
+    ``kind="mlp"`` trains the fully connected control with the same recipe: the same optimiser,
+    schedule, epochs and batches, so the same number of optimiser steps. ``epochs`` replaces the
+    budget's (a longer cosine schedule; the best validation epoch is still the one kept).
+    """
     return train_vae(
-        reference_config(),
-        epochs=budget(fast=8, full=60),  # a short cosine schedule: longer ones overfit
+        reference_config(kind),
+        # a short cosine schedule: longer ones overfit
+        epochs=budget(fast=8, full=60) if epochs is None else epochs,
         batch_size=budget(fast=32, full=64),
         weight_decay=budget(fast=0.0, full=0.05),
         checkpoint=checkpoint,

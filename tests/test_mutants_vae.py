@@ -91,6 +91,21 @@ def test_conditional_paths_use_the_labels():
     assert torch.allclose(var, m.encode(X, Y)[0].var(0))
 
 
+def test_conditional_mlp_paths_use_the_labels():
+    m = _vae(num_classes=10, kind="mlp", dropout=0.5)
+    with torch.no_grad():
+        mu_a, _ = m.encode(X, Y)
+        mu_b, _ = m.encode(X, (Y + 1) % 10)
+        assert not torch.allclose(mu_a, mu_b)  # the label enters the encoder...
+        z = torch.randn(2, 6, 4)  # (k, B, D): the label is broadcast over the leading dim
+        la, lb = m.decode(z, Y), m.decode(z, (Y + 1) % 10)
+        assert la.shape == (2, 6, 17, 8, 8) and not torch.allclose(la, lb)  # ...and the decoder
+        assert torch.equal(m.decode(z, Y), la)  # eval mode: dropout off
+        m.train()
+        assert not torch.equal(m.decode(z, Y), la)  # train mode: dropout live
+    assert m.log_prob(X, Y, k=3).shape == (6,)
+
+
 def test_active_units_threshold_default_and_strictness():
     m = _vae()
     with torch.no_grad():

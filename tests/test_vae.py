@@ -17,8 +17,10 @@ from dgm_edu.vae import (
     categorical_log_prob,
     gaussian_kl,
     iwae_bound,
+    kl_decomposition,
     reference_config,
     reparameterize,
+    train_reference,
 )
 
 SMALL = VAEConfig(latent_dim=4, channels=8)
@@ -335,3 +337,90 @@ def test_digits_of_other_dtypes_give_the_same_loss_and_other_sizes_are_refused(d
         ValueError, match=r"Expected digits of shape \(N, 1, 8, 8\), got \(2, 1, 28, 28\)"
     ):
         model.loss(torch.zeros(2, 1, 28, 28, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- kl_decomposition
+def _quadrature(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """I(x; z_j) and KL(q_agg(z_j) || N(0, 1)) per dim by the trapezoid rule on a fine 1D grid."""
+    grid = torch.linspace(-14.0, 14.0, 40_001, dtype=torch.float64)  # (G,)
+    mu, sd = mu.double(), (0.5 * logvar.double()).exp()
+    comp = Normal(mu[:, :, None], sd[:, :, None]).log_prob(grid).exp()  # (N, D, G) densities
+    agg = comp.mean(0)  # (D, G)
+    prior = Normal(0.0, 1.0).log_prob(grid).exp()  # (G,)
+    tiny = 1e-300  # 0 log 0 = 0
+    info = torch.trapezoid(comp * ((comp + tiny).log() - (agg + tiny).log()), grid).mean(0)
+    mismatch = torch.trapezoid(agg * ((agg + tiny).log() - prior.log()), grid)
+    return info, mismatch
+
+
+def test_kl_decomposition_matches_quadrature_and_sums_to_the_average_kl():
+    torch.manual_seed(3)
+    mu = torch.randn(6, 3) * torch.tensor([2.0, 0.3, 0.0])  # spread, little spread, none
+    logvar = torch.randn(6, 3) * 0.5 - torch.tensor([2.0, 1.0, 0.5])
+    info, mismatch = kl_decomposition(mu, logvar, samples=4000,
+                                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    q_info, q_mismatch = _quadrature(mu, logvar)
+    assert torch.allclose(info.double(), q_info, atol=0.03), (info, q_info)
+    assert torch.allclose(mismatch.double(), q_mismatch, atol=0.03), (mismatch, q_mismatch)
+    per_dim_kl = gaussian_kl(mu[..., None], logvar[..., None]).mean(0)  # (D,)
+    assert torch.allclose(q_info + q_mismatch, per_dim_kl.double(), atol=1e-4)  # the identity
+    assert torch.allclose(info + mismatch, per_dim_kl, atol=0.05)
+
+
+def test_kl_decomposition_limits():
+    # every image has the same posterior: no information, all the KL is the prior mismatch
+    mu, logvar = torch.full((5, 2), 0.7), torch.full((5, 2), -1.5)
+    info, mismatch = kl_decomposition(mu, logvar, samples=2000)
+    assert torch.allclose(info, torch.zeros(2), atol=1e-6)
+    assert torch.allclose(mismatch, gaussian_kl(mu[:1, :, None], logvar[:1, :, None])[0],
+                          atol=0.05)  # fmt: skip
+    # two images whose codes are narrow and far apart: z tells which, I = log 2 nats
+    mu, logvar = torch.tensor([[-3.0], [3.0]]), torch.full((2, 1), -6.0)
+    info, _ = kl_decomposition(mu, logvar, samples=500)
+    assert info.item() == pytest.approx(math.log(2), abs=1e-3)
+    # codes that match the prior exactly: q(z_j | x) = N(0, 1) for every x
+    info, mismatch = kl_decomposition(torch.zeros(4, 3), torch.zeros(4, 3), samples=10)
+    assert torch.allclose(info, torch.zeros(3)) and torch.allclose(mismatch, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"mu and logvar must both be \(N, D\)"):
+        kl_decomposition(torch.zeros(4), torch.zeros(4))
+
+
+# --------------------------------------------------------------------------- the MLP control
+def test_mlp_vae_is_a_fully_connected_model_with_the_reference_budget(monkeypatch):
+    conv, mlp = VAE(reference_config()), VAE(reference_config("mlp"))
+    n_conv, n_mlp = (sum(p.numel() for p in m.parameters()) for m in (conv, mlp))
+    assert (n_conv, n_mlp) == (153_713, 154_480)  # the numbers reference_config documents
+    assert not any(isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+                   for m in mlp.modules())  # fmt: skip
+    # the same recipe for both: train_vae gets identical arguments but for the config
+    calls = []
+    monkeypatch.setattr("dgm_edu.vae.train_vae", lambda cfg, **kw: calls.append((cfg, kw)))
+    train_reference(kind="conv", seed=4)
+    train_reference(kind="mlp", seed=4)
+    (c_cfg, c_kw), (m_cfg, m_kw) = calls
+    assert c_kw == m_kw and c_kw["seed"] == 4
+    assert (c_cfg.kind, m_cfg.kind) == ("conv", "mlp")
+    same = {k: v for k, v in vars(c_cfg).items() if k not in ("kind", "channels")}
+    assert same == {k: v for k, v in vars(m_cfg).items() if k not in ("kind", "channels")}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        VAEConfig(kind="resnet")
+
+
+def test_mlp_vae_decoder_is_a_distribution_and_sees_every_pixel(digits):
+    model = VAE(VAEConfig(latent_dim=4, channels=16, kind="mlp")).eval()
+    with torch.no_grad():
+        logits = model.decode(torch.randn(3, 5, 4))  # (..., B, D) -> (..., B, 17, 8, 8)
+        assert logits.shape == (3, 5, 17, 8, 8)
+        assert torch.allclose(logits.softmax(-3).sum(-3), torch.ones(3, 5, 8, 8), atol=1e-5)
+        # the one-sample ELBO is the decoder's log-probability of x at z minus the analytic KL
+        torch.manual_seed(1)
+        rec, kl = model.elbo_terms(digits)
+        torch.manual_seed(1)
+        mu, logvar = model.encode(digits)
+        z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+        ref = Categorical(logits=model.decode(z).permute(0, 2, 3, 1)).log_prob(digits[:, 0])
+        assert torch.allclose(rec, ref.sum((1, 2)), atol=1e-4)
+        # a change in one corner pixel moves the code: the first layer sees all 64 pixels
+        x2 = digits.clone()
+        x2[:, 0, 7, 7] = 16 - x2[:, 0, 7, 7]
+        assert not torch.allclose(model.encode(x2)[0], mu)
