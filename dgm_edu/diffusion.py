@@ -86,6 +86,7 @@ class DiffusionConfig:
     head: str = "eps"  # "eps": the net predicts eps; "levels": logits over the 17 levels (below)
     bound_samples: int = 64  # timesteps per image in log_prob's stratified estimator
     proposal_bins: int = 32  # log-SNR bins of the adaptive importance sampler over t
+    weighting: str = "bound"  # training loss: "bound" (the ELBO's w_t) or "simple" (L_simple)
 
     def __post_init__(self) -> None:
         if self.data not in ("digits", "toy"):
@@ -94,6 +95,8 @@ class DiffusionConfig:
             raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
         if self.head not in ("eps", "levels") or (self.head == "levels" and self.data != "digits"):
             raise ValueError(f"head must be 'eps', or 'levels' for digits; got {self.head!r}")
+        if self.weighting not in ("bound", "simple"):
+            raise ValueError(f"weighting must be 'bound' or 'simple', got {self.weighting!r}")
         for name, low in (("T", 2), ("num_classes", 0), ("bound_samples", 1), ("proposal_bins", 1)):
             checks.integer(getattr(self, name), name, low=low)
         if not 0 <= checks.real(self.p_uncond, "p_uncond") < 1:
@@ -172,7 +175,7 @@ class Diffusion(Denoiser):
     """DDPM with eps-prediction: ``loss(x[, y])``, ``sample``, ``ddim_sample``, ``log_prob``.
 
     ``head="levels"`` (digits only) lets the network output logits over the 17 levels per pixel and
-    adds the exact log-likelihood of x_t under each level, -(x_t - sqrt(abar_t) v_k)^2 / (2(1 -
+    adds the exact log-likelihood of x_t under each level g_k, -(x_t - sqrt(abar_t) g_k)^2 / (2(1 -
     abar_t)), before the softmax; xhat_0 is the mean level and eps is read off x_t. At low noise the
     likelihood term dominates and xhat_0 snaps to the grid, which is what makes the bound tight.
     """
@@ -220,10 +223,10 @@ class Diffusion(Denoiser):
         if self.config.head == "eps":
             eps = out.float()
             return eps, (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
-        # logits_k = net_k - (x_t - sqrt(abar) v_k)^2 / (2 (1 - abar)), per pixel, over k = 0..16
-        v = self.levels.view(1, LEVELS, 1, 1)
-        logits = out.float() - (xt - ab.sqrt() * v) ** 2 / (2 * (1 - ab))  # (B, 17, 8, 8)
-        x0 = (logits.softmax(1) * v).sum(1, keepdim=True)  # (B, 1, 8, 8)
+        # logits_k = net_k - (x_t - sqrt(abar) g_k)^2 / (2 (1 - abar)), per pixel, grey levels g_k
+        g = self.levels.view(1, LEVELS, 1, 1)  # k = 0..16
+        logits = out.float() - (xt - ab.sqrt() * g) ** 2 / (2 * (1 - ab))  # (B, 17, 8, 8)
+        x0 = (logits.softmax(1) * g).sum(1, keepdim=True)  # (B, 1, 8, 8)
         return (xt - ab.sqrt() * x0) / (1 - ab).sqrt(), x0
 
     def guided_eps(
@@ -291,17 +294,28 @@ class Diffusion(Denoiser):
                 self.bin_loss.lerp_(new, 0.05 * seen.float())
         return terms
 
+    def simple_term(self, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """L_simple (Ho et al. 2020): ‖eps − epshat‖² at t ~ U{1, ..., T}, unweighted, (B,)."""
+        t = torch.randint(1, self.config.T + 1, (len(x0),), device=x0.device)
+        eps = torch.randn_like(x0)
+        eps_hat, _ = self.predict(self.q_sample(x0, t, eps), t, y)
+        return (eps - eps_hat).float().pow(2).flatten(1).sum(1)
+
     def loss(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
-        """The bound's diffusion term (nats/image for digits), importance-sampled over t.
+        """The training objective: ``weighting="bound"``, the bound's diffusion term (nats/image
+        for digits), importance-sampled over t; ``"simple"``, L_simple (:meth:`simple_term`).
 
         Train mode has two side effects: each label is replaced by the null label with probability
-        ``p_uncond`` (classifier-free guidance), and the running share of the bound per log-SNR
-        bin (``bin_loss``, which the importance sampler follows) is updated. Eval mode: the
-        validation objective, no side effects; ``y=None`` gives the unconditional term.
+        ``p_uncond`` (classifier-free guidance), and (``"bound"`` only) the running share of the
+        bound per log-SNR bin (``bin_loss``, which the importance sampler follows) is updated.
+        Eval mode: the validation objective, no side effects; ``y=None`` gives the unconditional
+        term.
         """
         x0 = self._encode(x)
-        y = self._labels(y, len(x0))
-        return self.diffusion_term(x0, self._drop_labels(y), track=self.training).mean()
+        y = self._drop_labels(self._labels(y, len(x0)))
+        if self.config.weighting == "simple":
+            return self.simple_term(x0, y).mean()
+        return self.diffusion_term(x0, y, track=self.training).mean()
 
     def prior_term(self, x0: torch.Tensor) -> torch.Tensor:
         """KL(q(x_T | x_0) || N(0, I)), (B,)."""
@@ -324,10 +338,10 @@ class Diffusion(Denoiser):
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Minus the variational bound on the discrete data, nats per image, (B,).
 
-        Estimator: ``bound_samples`` = K timesteps per image, stratified in log-SNR
-        (u_k = (k + U)/K), one eps each, plus one decoder sample: unbiased for the bound. Keeps
-        gradients: wrap it in ``torch.no_grad()`` to evaluate (K + 1 network passes per image).
-        No side effects in either mode.
+        Estimator: ``bound_samples`` = K timesteps per image, stratified over the importance
+        distribution q (t_k = the q-quantile at u_k = (k + U)/K), one eps each, plus one decoder
+        sample: unbiased for the bound. Keeps gradients: wrap it in ``torch.no_grad()`` to
+        evaluate (K + 1 network passes per image). No side effects in either mode.
         """
         if self.config.data != "digits":
             raise ValueError("log_prob is defined for the discrete digits only (data='digits')")

@@ -290,6 +290,34 @@ def _toy_denoiser(kind: str) -> Callable:
     return train
 
 
+def _vae_arch(kind: str, seed: int, longer: int = 1) -> Callable:
+    """The reference recipe with another seed (``kind="conv"``) or the fully connected control
+    (``kind="mlp"``): chapter 3's MLP-against-ConvNet comparison, at equal optimiser steps
+    (``longer`` > 1: that many times the reference's epochs in full mode, twice in fast mode: the
+    control for a slow learner)."""
+
+    def train(ck, progress):
+        from dgm_edu.runtime import budget
+        from dgm_edu.vae import train_reference
+
+        epochs = None if longer == 1 else budget(fast=2, full=longer) * budget(fast=8, full=60)
+        return train_reference(
+            checkpoint=ck, progress=progress, seed=seed, kind=kind, epochs=epochs
+        )
+
+    return train
+
+
+def _toy_denoiser_simple(ck, progress):
+    """Chapter 7's toy diffusion trained on L_simple: the "diffusion-toy" recipe (same network,
+    data, epochs, seed) with ``weighting="simple"``, for the bound-against-L_simple comparison."""
+    from dgm_edu.diffusion import Diffusion, DiffusionConfig, train_toy
+
+    model = Diffusion(DiffusionConfig(data="toy", channels=128, weighting="simple"))
+    hist = train_toy(model, "ring8", progress=progress, checkpoint=ck)
+    return model.eval(), hist
+
+
 def _vae_k(k: int) -> Callable:
     return lambda m: lambda x: m.log_prob(x, k=k)
 
@@ -303,6 +331,13 @@ def _diffusion_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
 
 
 BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+VAE_ARCH_SEEDS = (  # (entry, kind, seed)
+    ("vae-seed1", "conv", 1),
+    ("vae-seed2", "conv", 2),
+    ("vae-mlp", "mlp", 0),
+    ("vae-mlp-seed1", "mlp", 1),
+    ("vae-mlp-seed2", "mlp", 2),
+)
 
 RECIPES: dict[str, Recipe] = {
     "mixture": Recipe(_mixture, _digits_nll(_exact, "exact log-likelihood"), "01_introduction"),
@@ -319,6 +354,19 @@ RECIPES: dict[str, Recipe] = {
     "vae-2d": Recipe(_vae_variant("2d"), _vae_elbo, "03_vae"),
     **{f"vae-beta{b}": Recipe(_vae_variant("beta", b), _vae_elbo, "03_vae") for b in BETAS},
     "vae-cond": Recipe(_vae_variant("cond"), _vae_elbo, "03_vae"),
+    **{  # chapter 3's architecture comparison: 3 seeds of each ("vae" is conv, seed 0)
+        name: Recipe(
+            _vae_arch(kind, seed),
+            _digits_nll(_vae_k(1000), "IWAE bound, k=1000 (upper bound on the NLL)", _vae_k(50)),
+            "03_vae",
+        )
+        for name, kind, seed in VAE_ARCH_SEEDS
+    },
+    "vae-mlp-long": Recipe(
+        _vae_arch("mlp", 0, longer=10),
+        _digits_nll(_vae_k(1000), "IWAE bound, k=1000 (upper bound on the NLL)", _vae_k(50)),
+        "03_vae",
+    ),
     "gan": Recipe(
         _gan_staged("digits", [2, 5, 10], [10, 50, 150, 300]),
         _gan_figures,
@@ -326,7 +374,7 @@ RECIPES: dict[str, Recipe] = {
         stages=(10, 50, 150, 300),
     ),
     "gan-ring8": Recipe(
-        _gan_staged("ring8", [5, 10, 20], [10, 50, 400]),
+        _gan_staged("ring8", [10, 50, 100], [10, 50, 400]),  # fast: 20 epochs cover 0 modes
         _ring_figures,
         "04_gan",
         stages=(10, 50, 400),
@@ -369,6 +417,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "diffusion": Recipe(_diffusion, _diffusion_figures, "07_diffusion"),
     "diffusion-toy": Recipe(_toy_denoiser("diffusion"), _ring_figures, "07_diffusion"),
+    "diffusion-toy-simple": Recipe(_toy_denoiser_simple, _ring_figures, "07_diffusion"),
     "flow-matching-toy": Recipe(_toy_denoiser("flow-matching"), _ring_figures, "07_diffusion"),
 }
 

@@ -398,9 +398,9 @@ def test_guided_flow_matching_sampler_mixes_the_velocities():
     y, x_0 = torch.tensor([0, 1, 0, 1]), torch.zeros(4, 2)
     a_u, a_y = ConstantVelocity.a_u, ConstantVelocity.a[y]
     for w in (1.0, 3.0, 0.0):
-        out = fm.sample(4, y=y, guidance=w, steps=5, x_0=x_0)
+        out = fm.sample(4, y=y, guidance=w, steps=5, z_0=x_0)
         assert torch.allclose(out, a_u + w * (a_y - a_u), atol=1e-6), w
-    assert torch.allclose(fm.sample(4, steps=5, x_0=x_0), a_u.expand(4, 2))  # y=None: p(x)
+    assert torch.allclose(fm.sample(4, steps=5, z_0=x_0), a_u.expand(4, 2))  # y=None: p(x)
 
 
 def test_log_prob_keeps_gradients_and_has_no_side_effects(digits):
@@ -573,3 +573,22 @@ def test_the_toy_recipe_is_the_shared_toy_fit_it_was_written_as():
     assert hist.train_loss == ref_hist.train_loss and hist.epochs_run == 2
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_simple_weighting_is_the_unweighted_eps_error_at_uniform_t():
+    # L_simple (Ho et al. 2020): t ~ U{1..T}, ||eps - epshat||^2 summed per item, no w_t
+    torch.manual_seed(0)
+    model = Diffusion(DiffusionConfig(data="toy", channels=16, T=50, weighting="simple")).eval()
+    x = torch.randn(64, 2)
+    torch.manual_seed(1)
+    got = model.loss(x)
+    torch.manual_seed(1)
+    t = torch.randint(1, 51, (64,))
+    eps = torch.randn(64, 2)
+    ab = model.abar[t].view(-1, 1)
+    with torch.no_grad():
+        eps_hat = model.net(ab.sqrt() * x + (1 - ab).sqrt() * eps, t.float() / 50, None)
+    assert torch.allclose(got, (eps - eps_hat).pow(2).sum(1).mean(), rtol=1e-5)
+    assert model.bin_loss.eq(1).all()  # no running shares: the proposal is not used
+    with pytest.raises(ValueError, match="weighting must be 'bound' or 'simple'"):
+        DiffusionConfig(weighting="elbo")

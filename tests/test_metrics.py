@@ -217,3 +217,66 @@ def test_roc_takes_infinite_scores_and_refuses_what_is_not_scores():
         metrics.roc([0.0, 1.0], torch.zeros(3))
     with pytest.raises(TypeError, match=r"scores_anomaly must hold real scores, got dtype"):
         metrics.roc(torch.zeros(3), torch.zeros(3, dtype=torch.bool))
+
+
+class _Identity(torch.nn.Module):
+    """A stand-in feature net: the features are the inputs themselves, (N, F)."""
+
+    num_features = 2
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+
+def test_frechet_distance_matches_closed_forms_and_torchmetrics_fid():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 3, generator=g, dtype=torch.float64) @ torch.tensor(
+        [[1.0, 0.3, 0.0], [0.0, 2.0, 0.5], [0.0, 0.0, 0.7]], dtype=torch.float64
+    )
+    shift = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    # a shifted copy: equal covariances, so only ‖μ_a − μ_b‖² = ‖shift‖² remains
+    assert abs(metrics.frechet_distance(a, a + shift) - shift.pow(2).sum().item()) < 1e-9
+    # b = 2a: Σ_b = 4Σ, (Σ Σ_b)^½ = 2Σ, so FD = ‖μ‖² + Tr Σ + 4 Tr Σ − 4 Tr Σ = ‖μ‖² + Tr Σ
+    want = a.mean(0).pow(2).sum() + torch.cov(a.T).trace()
+    assert abs(metrics.frechet_distance(a, 2 * a) - want.item()) < 1e-8
+    x, _ = data.load_digits("train")
+    xt, _ = data.load_digits("test")
+    fd = metrics.frechet_distance(metrics.digit_features(x[:300]), metrics.digit_features(xt))
+    assert abs(fd - metrics.fid(x[:300], xt)) < 1e-3 * max(fd, 1.0)  # torchmetrics' value
+
+
+def test_fid_bootstrap_holds_the_estimate_and_narrows_with_n():
+    x, _ = data.load_digits("train")
+    xt, _ = data.load_digits("test")
+    small = metrics.fid_bootstrap(x[:100], xt, resamples=100)
+    large = metrics.fid_bootstrap(x[:800], xt, resamples=100)
+    for iv in (small, large):
+        assert iv.low <= iv.estimate <= iv.high
+    assert abs(small.estimate - metrics.fid(x[:100], xt)) < 1e-3 * small.estimate
+    assert (large.high - large.low) < 0.6 * (small.high - small.low)  # about 1/sqrt(8) = 0.35
+    assert metrics.fid_bootstrap(x[:100], xt, resamples=100) == small  # the seed fixes it
+
+
+def test_fid_bootstrap_covers_a_known_population_distance():
+    # samples N(μ, I) in 2D against a reference with exactly mean 0 and covariance I: the
+    # population distance is ‖μ‖² = 4; a 90% interval must hold it about 90% of the time
+    g = torch.Generator().manual_seed(1)
+    ref = torch.randn(4000, 2, generator=g, dtype=torch.float64)
+    ref = (ref - ref.mean(0)) @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(ref.T))).T
+    mu = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    hits = 0
+    for rep in range(60):
+        s = mu + torch.randn(300, 2, generator=g, dtype=torch.float64)
+        iv = metrics.fid_bootstrap(s, ref, resamples=200, feature_net=_Identity(), seed=rep)
+        hits += iv.low <= 4.0 <= iv.high
+    assert 0.75 <= hits / 60 <= 1.0, hits
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"level": 1.0}, "level must lie in (0, 1)"), ({"resamples": 0}, "resamples")],
+)
+def test_fid_bootstrap_refuses_bad_options(kwargs, message):
+    s = torch.randn(10, 2)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        metrics.fid_bootstrap(s, s, feature_net=_Identity(), **kwargs)

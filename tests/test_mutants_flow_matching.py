@@ -54,7 +54,7 @@ def test_loss_is_its_formula_with_the_labels(data):
 def test_guided_euler_steps_replayed_and_the_path():
     model = _fm()
     x_0, y = torch.randn(3, 2), torch.tensor([2, 0, 1])
-    out, path = model.sample(3, y=y, steps=4, guidance=2.0, x_0=x_0, return_path=True)
+    out, path = model.sample(3, y=y, steps=4, guidance=2.0, z_0=x_0, return_path=True)
     x = x_0
     for i in range(4):
         t = torch.full((3,), i / 4)
@@ -67,8 +67,8 @@ def test_guided_euler_steps_replayed_and_the_path():
 def test_a_conditional_only_model_samples_p_x_by_stratified_classes():
     model = _fm(p_uncond=0.0)
     x_0 = torch.randn(3, 2)
-    a = model.sample(3, x_0=x_0, steps=3)
-    b = model.sample(3, y=torch.tensor([0, 1, 2]), x_0=x_0, steps=3)
+    a = model.sample(3, z_0=x_0, steps=3)
+    b = model.sample(3, y=torch.tensor([0, 1, 2]), z_0=x_0, steps=3)
     assert torch.equal(a, b)
 
 
@@ -84,8 +84,8 @@ def test_constructor_and_sampler_refusals():
     assert _message(ValueError, FlowMatching, DiffusionConfig(head="levels")) == (
         "FlowMatching regresses a velocity: head must be 'eps', got 'levels'"
     )
-    assert _message(ValueError, _fm().sample, 2, x_0=torch.zeros(2, 3)) == (
-        "x_0 must be a tensor of shape (2, 2), got (2, 3)"
+    assert _message(ValueError, _fm().sample, 2, z_0=torch.zeros(2, 3)) == (
+        "z_0 must be a tensor of shape (2, 2), got (2, 3)"
     )
 
 
