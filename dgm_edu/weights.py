@@ -62,6 +62,7 @@ class Recipe:
     figures: Callable[..., dict[str, Any]]  # (model, full=True): full=False skips slow estimators
     chapter: str
     stages: tuple[int, ...] = ()
+    seed: int = 0  # the training seed the recipe uses (recorded in the manifest)
 
 
 def _digits_nll(
@@ -359,6 +360,7 @@ RECIPES: dict[str, Recipe] = {
             _vae_arch(kind, seed),
             _digits_nll(_vae_k(1000), "IWAE bound, k=1000 (upper bound on the NLL)", _vae_k(50)),
             "03_vae",
+            seed=seed,
         )
         for name, kind, seed in VAE_ARCH_SEEDS
     },
@@ -605,7 +607,7 @@ def _row(name: str, model: nn.Module, hist: History, rec: Recipe, path: Path, th
         "config": cfg,
         "recipe": f"dgm_edu.weights.RECIPES[{name.split('@')[0]!r}] ({rec.train.__qualname__})",
         "chapter": rec.chapter,
-        "seed": 0,
+        "seed": rec.seed,
         "mode": "full",
         "torch": torch.__version__,
         "threads": threads,

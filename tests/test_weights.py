@@ -209,3 +209,9 @@ def test_figures_are_measured_again_without_touching_the_weights(tmp_path):
     assert {k: rows[k] for k in rows if k != name} == {
         k: v for k, v in real["entries"].items() if k != name
     }
+
+
+def test_each_row_records_the_seed_its_recipe_trains_with():
+    seeds = {name: row["seed"] for name, row in weights.manifest().items()}
+    assert seeds == {name: weights.recipe(name).seed for name in seeds}
+    assert seeds["vae-mlp-seed2"] == 2 and seeds["vae"] == 0
