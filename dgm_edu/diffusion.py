@@ -18,9 +18,11 @@ The variational bound (Ho et al. 2020, eq. 5) on the DISCRETE digits, in nats, i
 
 with the reverse variance fixed to the posterior variance, and L_0 = -log of a discretized Gaussian
 (Ho et al. 2020, eq. 13) at t = 1, so the number is a bound on the 17-level data, not a density.
-Since w_t is about half the step in log-SNR, the bound is uniform in log-SNR over
-||eps - epshat||^2 (Kingma et al. 2021): we sample t with probability w_t / W and weight by
-W = sum_t w_t, which is both the training loss and a low-variance, unbiased estimator of the sum.
+When the step in log-SNR is small, w_t is about half of it, so the bound is uniform in log-SNR
+over ||eps - epshat||^2 (Kingma et al. 2021). Training samples t by importance: it starts from the
+proposal w_t / W (W = sum_t w_t) and adapts it to each log-SNR bin's running share of the loss,
+mixed with 10% spread evenly over the bins; every term is divided by its proposal probability,
+so the loss stays an unbiased estimator of the sum.
 
 - :func:`linear_schedule`, :func:`cosine_schedule`; the networks are in :mod:`dgm_edu.unet`;
   :class:`Denoiser`: what diffusion and flow matching (:mod:`dgm_edu.flow_matching`) share.
@@ -246,7 +248,8 @@ class Diffusion(Denoiser):
         """Importance distribution q_t over t = 0..T and the weights w_t / q_t, (T+1,) each.
 
         Within a log-SNR bin q_t is proportional to w_t; across bins it is 10% uniform in log-SNR
-        and 90% proportional to each bin's running share of the bound (Nichol & Dhariwal 2021).
+        and 90% proportional to each bin's running share of the bound (a variant of Nichol &
+        Dhariwal 2021, who track each t's root-mean-square loss instead).
         Any such q gives an unbiased estimate; a good q only lowers the variance.
         """
         nb = len(self.bin_loss)

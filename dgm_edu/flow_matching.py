@@ -68,7 +68,8 @@ class FlowMatching(Denoiser):
         """Euler steps z ← z + u_θ(z, t) dt from t = 0 (noise ``z_0``, drawn from N(0, I) unless
         given) to t = 1 (data); ``steps`` ≥ 1.
 
-        Guidance w: u = u_u + w (u_c − u_u), with u_u the velocity under the null label.
+        Guidance ω: u = u_u + ω (u_c − u_u), with u_u the velocity under the null label (Ho &
+        Salimans write 1 + w for ω: ω = 1 is the plain conditional model).
         """
         n, steps = checks.count(n), checks.steps(steps)
         y = self._labels(y, n, sampling=True)
