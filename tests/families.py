@@ -37,6 +37,13 @@ UNSHIPPED: dict[str, Callable[[], nn.Module]] = {
         "dgm_edu.mixtures"
     ).GaussianMixture(),
     "autoregressive.PixelCNN": lambda: _small_pixelcnn(),
+    "energy.EnergyModel[digits]": lambda: _small_energy("digits"),
+    "energy.EnergyModel[toy]": lambda: _small_energy("toy"),
+    "energy.NoiseConditionalScore": lambda: importlib.import_module(
+        "dgm_edu.energy"
+    ).NoiseConditionalScore(
+        importlib.import_module("dgm_edu.energy").ScoreConfig(hidden=16, steps_per_level=5)
+    ),
     "mixtures.TrainingSetLookup": lambda: importlib.import_module(
         "dgm_edu.mixtures"
     ).TrainingSetLookup(load_digits("train")[0][torch.randperm(1000, device="cpu")[:64]]),
@@ -44,6 +51,16 @@ UNSHIPPED: dict[str, Callable[[], nn.Module]] = {
 
 # A model that has ``log_prob`` but documents that it refuses a data kind: (variant, message).
 LOG_PROB_REFUSED = {"Diffusion[toy]": "log_prob is defined for the discrete digits only"}
+
+
+def _small_energy(data: str) -> nn.Module:
+    """A narrow energy model with short chains and a cheap AIS (no reference weights yet)."""
+    en = importlib.import_module("dgm_edu.energy")
+    config = en.EnergyConfig(
+        data=data, channels=8, hidden=16, buffer_size=64, langevin_steps=5, ais_betas=50,
+        ais_runs=16,
+    )  # fmt: skip
+    return en.EnergyModel(config)
 
 
 def _small_pixelcnn() -> nn.Module:

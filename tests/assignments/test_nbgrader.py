@@ -29,65 +29,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import build_course  # noqa: E402
 
 ANSWERS = ROOT / "tests" / "assignments" / "answers"
-# Older planted answers, for chapters whose exercises have no answers file yet
-LEGACY_PLANTED = {
-    "01_introduction": {
-        # ignores alpha: right for the visible test (alpha = 1), wrong for the hidden one
-        "intro-ex1-solution": (
-            "def independent_log_prob(x_train, x, alpha=1.0):\n"
-            "    counts = torch.nn.functional.one_hot(x_train.flatten(1), 17).sum(0).double()\n"
-            "    log_theta = ((counts + 1) / (len(x_train) + 17)).log()\n"
-            "    return log_theta.gather(1, x.flatten(1).T).sum(0)\n"
-        ),
-    },
-    "03_vae": {
-        # the KL against N(0, I), whatever the prior: passes the visible tests (which use a
-        # standard-normal prior), fails the hidden test with a general prior
-        "vae-ex1-solution": (
-            "def kl_diag(mu_q, logvar_q, mu_p, logvar_p):\n"
-            "    return 0.5 * (mu_q**2 + logvar_q.exp() - logvar_q - 1).sum(-1)\n"
-        ),
-    },
-    "02_rbm": {
-        # drops the visible-bias term: the visible test has b = 0
-        "rbm-ex1-solution": (
-            "def free_energy(v, W, b, c):\n"
-            "    return -torch.nn.functional.softplus(v @ W + c).sum(-1)\n"
-        ),
-    },
-    "04_gan": {
-        # the value at p = q, whatever p and q are
-        "gan-ex1-solution": (
-            "def value_at_optimum(p, q):\n    return torch.log(torch.tensor(0.25, dtype=p.dtype))\n"
-        ),
-    },
-    "05_autoregressive": {
-        # a hard-coded 3x3 mask: right for the visible k = 3 only
-        "ar-ex1-solution": (
-            "def make_mask(k, mask_type):\n"
-            "    mask = torch.ones(3, 3)\n"
-            "    mask[2:] = 0\n"
-            "    mask[1, 1 + (mask_type == 'B'):] = 0\n"
-            "    return mask\n"
-        ),
-    },
-    "07_diffusion": {
-        # the right variance with a wrong mean: the visible test checks the variance only
-        "diffusion-ex1-solution": (
-            "def posterior_mean_var(x0, xt, abar_t, abar_prev):\n"
-            "    beta = 1 - abar_t / abar_prev\n"
-            "    return x0, beta * (1 - abar_prev) / (1 - abar_t)\n"
-        ),
-    },
-}
 NAMES = build_course.chapter_names()
 
 
 def _answers(name: str) -> tuple[dict[str, str], dict[str, str]]:
     """``(ALTERNATIVE, PLANTED)`` of a chapter: {solution grade_id: code}."""
     path = ANSWERS / f"{name}.py"
-    if not path.is_file():
-        return {}, LEGACY_PLANTED.get(name, {})
+    assert path.is_file(), f"{name}: expected its answers in {path}"
     spec = importlib.util.spec_from_file_location(f"answers_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -156,6 +104,38 @@ def test_every_chapter_has_at_least_three_graded_exercises():
             assert "### BEGIN HIDDEN TESTS" in c.source, (
                 f"{nb_path.name}: a test cell has no hidden tests"
             )
+
+
+LEVELS = {"★": 2, "★★": 4, "★★★": 6}  # points by level
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exercises_are_levelled_with_one_answer_graded_by_hand(name):
+    """4-6 exercises, each headed ``**Exercise N (★… level, P points…)**`` with P set by the level
+    and equal to its graded cells' points; at least one answer graded by hand; every markdown answer
+    cell holds its model answer and nothing after it (no following prompt swallowed)."""
+    nb = nbformat.read(ROOT / "chapters" / f"{name}.ipynb", as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    heads = re.findall(r"\*\*Exercise (\d+) \((★+)[^,]*, (\d+) points", text)
+    assert 4 <= len(heads) <= 6, f"{name}: {len(heads)} levelled exercises, expected 4-6"
+    assert {level for _, level, _ in heads} == set(LEVELS), f"{name}: levels {heads}"
+    points: dict[str, float] = {}
+    manual = 0
+    for c in nb.cells:
+        meta = c.metadata.get("nbgrader", {})
+        if meta.get("grade"):
+            ex = _exercise(meta["grade_id"]).rsplit("-ex", 1)[1]
+            points[ex] = points.get(ex, 0) + meta["points"]
+        if c.cell_type == "markdown" and meta.get("solution"):
+            manual += 1
+            assert "### BEGIN SOLUTION" in c.source, (
+                f"{name}: {meta['grade_id']} has no model answer"
+            )
+            tail = c.source.split("### END SOLUTION", 1)[1].strip()
+            assert not tail, f"{name}: {meta['grade_id']} swallows the text after its answer"
+    assert manual >= 1, f"{name}: no answer graded by hand"
+    for number, level, stated in heads:
+        assert int(stated) == LEVELS[level] == points.get(number), (name, number, points)
 
 
 def test_jupytext_round_trip_keeps_nbgrader_metadata():

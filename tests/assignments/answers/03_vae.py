@@ -100,6 +100,6 @@ PLANTED: dict[str, str] = {
         "def mean_field_gap(W, s2):\n"
         "    lam = torch.eye(W.shape[1], dtype=W.dtype) + W.T @ W / s2\n"
         "    v = torch.diagonal(torch.linalg.inv(lam))\n"
-        "    return 0.5 * ((lam.diagonal() * v).sum() - len(v) - torch.logdet(lam) - v.log().sum())\n"
+        "    return 0.5 * ((lam.diagonal() * v).sum() - len(v) - torch.logdet(lam) - v.log().sum())\n"  # noqa: E501
     ),
 }

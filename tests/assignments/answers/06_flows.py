@@ -4,7 +4,7 @@
 ALTERNATIVE: dict[str, str] = {
     # the same number, as a 0-d tensor computed from the base log-densities
     "flows-ex1-solution": (
-        "log_base = lambda t: -0.5 * 64 * math.log(2 * math.pi) - 0.5 * 64 * t**2  # E log N(z; 0, I)\n"
+        "log_base = lambda t: -0.5 * 64 * math.log(2 * math.pi) - 0.5 * 64 * t**2  # E log N(z; 0, I)\n"  # noqa: E501
         "prediction = torch.tensor(log_base(0.5) - log_base(1.0))\n"
     ),
     # erfc instead of log_ndtr, a Python loop over the 17 levels instead of fancy indexing
@@ -20,7 +20,7 @@ ALTERNATIVE: dict[str, str] = {
         "        hi = (math.log(p_hi / (1 - p_hi)) - mu) / sigma\n"
         "        # erfc(t / sqrt 2) / 2 = 1 - Phi(t): accurate in both tails once reflected\n"
         "        upper = (torch.special.erfc(lo / 2**0.5) - torch.special.erfc(hi / 2**0.5)) / 2\n"
-        "        lower = (torch.special.erfc(-hi / 2**0.5) - torch.special.erfc(-lo / 2**0.5)) / 2\n"
+        "        lower = (torch.special.erfc(-hi / 2**0.5) - torch.special.erfc(-lo / 2**0.5)) / 2\n"  # noqa: E501
         "        mass = torch.where(lo > 0, upper, lower).expand(x.shape)\n"
         "        out = torch.where(x == k, mass.log(), out)\n"
         "    return out.sum(dim=(1, 2, 3))\n"
