@@ -188,7 +188,14 @@ def _restore_glue(nb: nbformat.NotebookNode, glue_file: Path) -> None:
         return
     import json
 
-    outputs = [nbformat.from_dict(o) for o in json.loads(glue_file.read_text()).values()]
+    outputs = []
+    for raw in json.loads(glue_file.read_text()).values():
+        out = nbformat.from_dict(raw)
+        # the file keeps the bare mimetypes; myst-nb strips the recorded prefix when it reads them
+        prefix = out.get("metadata", {}).get("scrapbook", {}).get("mime_prefix", "")
+        if prefix and not any(k.startswith(prefix) for k in out.get("data", {})):
+            out["data"] = {prefix + k: v for k, v in out["data"].items()}
+        outputs.append(out)
     host = next((c for c in nb.cells if c.cell_type == "code" and not _nbgrader(c)), None)
     if host is None:
         host = nbformat.v4.new_code_cell("")
