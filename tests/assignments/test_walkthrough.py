@@ -161,14 +161,16 @@ def test_the_guide_walkthrough(clone):
     sh.guide(f"nbgrader release_feedback {A}", course)
     sh.guide("nbgrader export", course)
 
-    # the scores: the two reference answers full marks, the blank one zero
+    # the autograded scores (answers graded by hand wait for the teacher): the two reference
+    # answers full marks, the blank one zero
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         scores = {s: gb.find_submission(A, s) for s in submitted}
         for name, sub in scores.items():
-            expected = 0 if name == "alice" else sub.max_score
-            assert sub.score == expected, f"{name}: {sub.score}/{sub.max_score}"
+            expected = 0 if name == "alice" else sub.max_code_score
+            assert sub.max_code_score > 0
+            assert sub.code_score == expected, f"{name}: {sub.code_score}/{sub.max_code_score}"
     # grades.csv: the released assignment only
     rows = (course / "grades.csv").read_text().splitlines()
     assert {r.split(",")[0] for r in rows[1:]} == {A}, rows
