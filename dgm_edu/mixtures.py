@@ -6,7 +6,7 @@
 - :class:`GaussianMixture`: a diagonal Gaussian mixture for the 2D toys, fitted by gradient ascent
   or by expectation-maximisation (:meth:`GaussianMixture.em_step`).
 - :class:`TrainingSetLookup`: a mixture of N jitter kernels, one on each training image: the
-  model that copies (chapter 8), fitted by storing its images.
+  model that copies (chapter 10), fitted by storing its images.
 
 Every model exposes ``log_prob(x)`` and ``sample(n)``, and all but the lookup a ``loss(x)``, and
 follows the library's contract (:mod:`dgm_edu.checks`): all are unconditional, so a label ``y``
@@ -229,7 +229,7 @@ class TrainingSetLookup(nn.Module):
     training image c_n (Parzen, 1962). It is the model that copies: with a narrow kernel (small
     ``tau``) its samples are near-copies of the training images, so they look perfect and score
     near the floor of FID, while a new digit, far from every stored one in some pixels, pays for
-    it in log-likelihood (chapter 8).
+    it in log-likelihood (chapter 10).
 
     ``images`` are raw digits ``(N, C, H, W)``, stored as the buffer ``centres``; ``tau`` > 0 is
     the kernel's width in levels. There is no ``loss``: the model is fitted by storing the images,

@@ -77,8 +77,9 @@ def chapters() -> list[Chapter]:
     """Every chapter, in file order (the file names start with the chapter number)."""
     found = [read_chapter(p) for p in sorted(CHAPTERS.glob("[0-9][0-9]_*.md"))]
     numbers = [c.number for c in found]
-    if numbers != list(range(1, len(found) + 1)):
-        raise ValueError(f"chapters must be numbered 1..{len(found)} in order, got {numbers}")
+    # a number may wait for its chapter (9 is planned), but none is used twice
+    if not numbers or numbers[0] < 1 or any(a >= b for a, b in zip(numbers, numbers[1:])):
+        raise ValueError(f"chapters must have distinct numbers from 1 up, got {numbers}")
     return found
 
 

@@ -29,7 +29,8 @@ def test_the_committed_map_is_current():
 
 def test_every_chapter_is_in_the_toc_the_readme_and_the_index():
     chapters = chapter_map.chapters()
-    assert [c.number for c in chapters] == list(range(1, len(chapters) + 1))
+    numbers = [c.number for c in chapters]
+    assert numbers == sorted(set(numbers)) and numbers[0] == 1
     toc = chapter_map.TOC.read_text()
     readme = chapter_map.README.read_text()
     index = chapter_map.INDEX.read_text()
@@ -78,3 +79,14 @@ def test_every_library_module_is_documented_in_the_api_page():
     modules = sorted(p.stem for p in (ROOT / "dgm_edu").glob("*.py") if p.stem != "__init__")
     missing = [m for m in modules if f".. automodule:: dgm_edu.{m}\n" not in api]
     assert not missing, f"book/api.md has no automodule entry for {missing}"
+
+
+def test_chapters_sharing_a_number_are_refused(tmp_path, monkeypatch):
+    for stem in ("01_a", "02_b", "02_c"):
+        (tmp_path / f"{stem}.md").write_text(
+            "---\ndgm_edu: {part: P, summary: s, modules: []}\n---\n\n"
+            f"# {int(stem[:2])}. Title\n"
+        )
+    monkeypatch.setattr(chapter_map, "CHAPTERS", tmp_path)
+    with pytest.raises(ValueError, match="distinct numbers"):
+        chapter_map.chapters()
