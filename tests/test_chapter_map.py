@@ -84,8 +84,7 @@ def test_every_library_module_is_documented_in_the_api_page():
 def test_chapters_sharing_a_number_are_refused(tmp_path, monkeypatch):
     for stem in ("01_a", "02_b", "02_c"):
         (tmp_path / f"{stem}.md").write_text(
-            "---\ndgm_edu: {part: P, summary: s, modules: []}\n---\n\n"
-            f"# {int(stem[:2])}. Title\n"
+            f"---\ndgm_edu: {{part: P, summary: s, modules: []}}\n---\n\n# {int(stem[:2])}. Title\n"
         )
     monkeypatch.setattr(chapter_map, "CHAPTERS", tmp_path)
     with pytest.raises(ValueError, match="distinct numbers"):
