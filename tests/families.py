@@ -39,10 +39,10 @@ UNSHIPPED: dict[str, Callable[[], nn.Module]] = {
     "autoregressive.PixelCNN": lambda: _small_pixelcnn(),
     "energy.EnergyModel[digits]": lambda: _small_energy("digits"),
     "energy.EnergyModel[toy]": lambda: _small_energy("toy"),
-    "energy.NoiseConditionalScore": lambda: importlib.import_module(
-        "dgm_edu.energy"
+    "scores.NoiseConditionalScore": lambda: importlib.import_module(
+        "dgm_edu.scores"
     ).NoiseConditionalScore(
-        importlib.import_module("dgm_edu.energy").ScoreConfig(hidden=16, steps_per_level=5)
+        importlib.import_module("dgm_edu.scores").ScoreConfig(hidden=16, steps_per_level=5)
     ),
     "mixtures.TrainingSetLookup": lambda: importlib.import_module(
         "dgm_edu.mixtures"

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from dgm_edu import energy as en
+from dgm_edu import scores as sc
 from dgm_edu.data import LEVELS, load_digits, toy_2d
 from dgm_edu.train import fit, fit_toy, load_checkpoint, load_model_state, save_checkpoint
 
@@ -43,14 +44,14 @@ def test_langevin_on_a_1d_gaussian_reaches_the_discretised_chains_mean_and_varia
 
     x0 = torch.zeros(40_000, 1, dtype=torch.float64)
     for noise in (1.0, 0.5):
-        x = en.langevin(energy, x0, 300, eps, noise=noise, generator=_gen())
+        x = sc.langevin(energy, x0, 300, eps, noise=noise, generator=_gen())
         want = noise**2 * var / (1 - eps / (2 * var))  # 0.556 at noise 1; the exact law has 0.5
         assert abs(float(x.mean()) - mu) < 0.015
         assert abs(float(x.var()) - want) < 0.03 * want, (noise, float(x.var()), want)
     # the same chain from its score, −∇E: identical draws
     score = lambda x: -(x - mu) / var  # noqa: E731
-    a = en.langevin(energy, x0[:100], 20, eps, generator=_gen(3))
-    b = en.langevin(score, x0[:100], 20, eps, kind="score", generator=_gen(3))
+    a = sc.langevin(energy, x0[:100], 20, eps, generator=_gen(3))
+    b = sc.langevin(score, x0[:100], 20, eps, kind="score", generator=_gen(3))
     torch.testing.assert_close(a, b)
 
 
@@ -68,7 +69,7 @@ def test_langevin_on_a_correlated_2d_gaussian_matches_the_lyapunov_solution():
     m = np.eye(2) - eps * a_mat.numpy()
     lhs = np.eye(4) - np.kron(m, m)  # vec(C) = (M ⊗ M) vec(C) + 2ε vec(I)
     cov_want = np.linalg.solve(lhs, 2 * eps * np.eye(2).ravel()).reshape(2, 2)
-    x = en.langevin(energy, torch.zeros(40_000, 2, dtype=torch.float64), 400, eps, generator=_gen())
+    x = sc.langevin(energy, torch.zeros(40_000, 2, dtype=torch.float64), 400, eps, generator=_gen())
     torch.testing.assert_close(x.mean(0), mu, atol=0.02, rtol=0)
     np.testing.assert_allclose(np.cov(x.T.numpy()), cov_want, atol=0.03)
     assert not np.allclose(cov_want, sigma.numpy(), atol=0.03)  # the check sees ε's bias
@@ -79,13 +80,13 @@ def test_langevin_path_bounds_and_clip():
         return (100.0 * x).sum(-1)  # ∇E = 100 everywhere
 
     x0 = torch.full((5, 2), 0.5)
-    x = en.langevin(steep, x0, 1, 0.01, noise=0.0, clip=0.3)
+    x = sc.langevin(steep, x0, 1, 0.01, noise=0.0, clip=0.3)
     torch.testing.assert_close(x, x0 - 0.01 * 0.3)  # the score clamped to −0.3 per coordinate
-    x, path = en.langevin(steep, x0, 50, 0.01, bounds=(0.0, 1.0), return_path=True)
+    x, path = sc.langevin(steep, x0, 50, 0.01, bounds=(0.0, 1.0), return_path=True)
     assert path.shape == (51, 5, 2) and torch.equal(path[0], x0) and torch.equal(path[-1], x)
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     with torch.no_grad():  # a sampler runs under no_grad: the score is taken under enable_grad
-        assert not en.langevin(steep, x0, 2, 0.01).requires_grad
+        assert not sc.langevin(steep, x0, 2, 0.01).requires_grad
 
 
 # =========================================================================== score matching
@@ -116,7 +117,7 @@ def test_denoising_score_matching_is_minimised_by_the_noisy_mixture_score():
     x = _mixture(200_000, _gen(0))
 
     def dsm(score):
-        return float(en.denoising_score_matching(score, x, sigma, generator=_gen(1)).mean())
+        return float(sc.denoising_score_matching(score, x, sigma, generator=_gen(1)).mean())
 
     x_noisy = x + sigma * torch.randn(x.shape, generator=_gen(1), dtype=x.dtype)  # the same x̃
     best = dsm(lambda z: _noisy_mixture_score(z, sigma))
@@ -138,8 +139,8 @@ def test_denoising_score_matching_is_minimised_by_the_noisy_mixture_score():
     per_item = torch.full((len(x),), sigma, dtype=x.dtype)
     s = lambda z: _noisy_mixture_score(z, sigma)  # noqa: E731
     torch.testing.assert_close(
-        en.denoising_score_matching(s, x[:100], per_item[:100], generator=_gen(2)),
-        en.denoising_score_matching(s, x[:100], sigma, generator=_gen(2)),
+        sc.denoising_score_matching(s, x[:100], per_item[:100], generator=_gen(2)),
+        sc.denoising_score_matching(s, x[:100], sigma, generator=_gen(2)),
     )
 
 
@@ -153,7 +154,7 @@ def _toy_score(x: torch.Tensor) -> torch.Tensor:
 
 def test_explicit_trace_matches_the_autograd_jacobian():
     x = torch.randn(6, 3, generator=_gen(), dtype=torch.float64)
-    got = en.explicit_score_matching(_toy_score, x)
+    got = sc.explicit_score_matching(_toy_score, x)
     for i in range(len(x)):
         jac = torch.autograd.functional.jacobian(lambda z: _toy_score(z[None])[0], x[i])
         want = 0.5 * _toy_score(x[i : i + 1]).pow(2).sum() + torch.trace(jac)
@@ -163,16 +164,16 @@ def test_explicit_trace_matches_the_autograd_jacobian():
 def test_sliced_and_explicit_score_matching_agree_in_expectation():
     """E_v[vᵀ∇s v + ½ (vᵀs)²] = tr ∇s + ½‖s‖² for v ~ N(0, I): each point, many projections."""
     x = torch.randn(16, 3, generator=_gen(), dtype=torch.float64)
-    explicit = en.explicit_score_matching(_toy_score, x)  # (16,)
+    explicit = sc.explicit_score_matching(_toy_score, x)  # (16,)
     reps = 20_000  # the same points, one projection each: one backward pass in all
     for vr in (False, True):
-        sliced = en.sliced_score_matching(
+        sliced = sc.sliced_score_matching(
             _toy_score, x.repeat(reps, 1), variance_reduced=vr, generator=_gen(1)
         ).view(reps, 16)
         se = sliced.std(0) / math.sqrt(reps)
         assert ((sliced.mean(0) - explicit).abs() < 4 * se + 1e-9).all(), (vr, sliced.mean(0))
     assert not torch.allclose(explicit, 0.5 * _toy_score(x).pow(2).sum(-1))  # the trace matters
-    k = en.sliced_score_matching(_toy_score, x, 3, generator=_gen(2))
+    k = sc.sliced_score_matching(_toy_score, x, 3, generator=_gen(2))
     assert k.shape == (16,) and torch.isfinite(k).all()
 
 
@@ -183,21 +184,21 @@ def test_explicit_score_matching_of_a_linear_score_has_its_closed_form_minimum()
     x = mu + math.sqrt(var) * torch.randn(100_000, 2, generator=_gen(), dtype=torch.float64)
     for m_shift, v in ((0.0, var), (0.3, var), (0.0, 1.2), (-0.2, 0.4)):
         m = mu + m_shift
-        got = float(en.explicit_score_matching(lambda z, m=m, v=v: -(z - m) / v, x).mean().detach())
+        got = float(sc.explicit_score_matching(lambda z, m=m, v=v: -(z - m) / v, x).mean().detach())
         want = float(((var + (mu - m) ** 2) / (2 * v**2) - 1 / v).sum())
         assert abs(got - want) < 0.02, (m_shift, v, got, want)
         assert want >= -2 / (2 * var) - 1e-12
     # the energy route: explicit SM through energy_score keeps the graph for the trace
     energy = lambda z: ((z - mu) ** 2).sum(-1) / (2 * var)  # noqa: E731
-    via_energy = en.explicit_score_matching(en.energy_score(energy, create_graph=True), x[:50])
-    direct = en.explicit_score_matching(lambda z: -(z - mu) / var, x[:50])
+    via_energy = sc.explicit_score_matching(sc.energy_score(energy, create_graph=True), x[:50])
+    direct = sc.explicit_score_matching(lambda z: -(z - mu) / var, x[:50])
     torch.testing.assert_close(via_energy, direct)
 
 
 def test_explicit_score_matching_trains_the_parameters():
     w = torch.tensor(0.5, requires_grad=True)
     x = torch.randn(64, 2, generator=_gen())
-    en.explicit_score_matching(lambda z: -w * z, x).mean().backward()
+    sc.explicit_score_matching(lambda z: -w * z, x).mean().backward()
     # J(w) = ½ w² E‖x‖² − 2w, so dJ/dw = w E‖x‖² − 2
     torch.testing.assert_close(w.grad, 0.5 * x.pow(2).sum(-1).mean() - 2)
 
@@ -265,11 +266,11 @@ def test_digits_log_prob_is_the_dequantized_density_minus_log_z_and_the_bin_volu
 
 # =========================================================================== annealed Langevin
 def test_geometric_sigmas():
-    s = en.geometric_sigmas(3.0, 0.01, 10)
+    s = sc.geometric_sigmas(3.0, 0.01, 10)
     assert s.shape == (10,) and s[0] == pytest.approx(3.0) and s[-1] == pytest.approx(0.01)
     ratios = s[1:] / s[:-1]
     torch.testing.assert_close(ratios, torch.full_like(ratios, float(ratios[0])))
-    assert en.geometric_sigmas(2.0, 2.0, 1).tolist() == [2.0]
+    assert sc.geometric_sigmas(2.0, 2.0, 1).tolist() == [2.0]
 
 
 def test_annealed_langevin_with_an_oracle_score_reaches_the_mixture_weights():
@@ -283,13 +284,13 @@ def test_annealed_langevin_with_an_oracle_score_reaches_the_mixture_weights():
         r = torch.softmax(logp, -1)
         return (r * (-(x - mu) / v)).sum(-1, keepdim=True)
 
-    sigmas = en.geometric_sigmas(6.0, 0.05, 10)
+    sigmas = sc.geometric_sigmas(6.0, 0.05, 10)
     x0 = 6.0 * torch.randn(20_000, 1, generator=_gen())
-    x = en.annealed_langevin(score, x0, sigmas, 100, 2e-4, generator=_gen(1))
+    x = sc.annealed_langevin(score, x0, sigmas, 100, 2e-4, generator=_gen(1))
     right = x[:, 0] > 0
     assert abs(float(right.float().mean()) - 0.8) < 0.03
     assert abs(float(x[right].var()) - s2) < 0.02  # within a mode: the data's variance
-    single = en.annealed_langevin(score, x0, sigmas[-1:], 1000, 2e-4, generator=_gen(1))
+    single = sc.annealed_langevin(score, x0, sigmas[-1:], 1000, 2e-4, generator=_gen(1))
     assert abs(float((single[:, 0] > 0).float().mean()) - 0.8) > 0.15
 
 
@@ -298,8 +299,8 @@ def test_noise_conditional_score_learns_a_gaussian():
     torch.manual_seed(0)
     mu = torch.tensor([1.0, -0.5])
     data = mu + 0.5 * torch.randn(4096, 2)
-    model = en.NoiseConditionalScore(
-        en.ScoreConfig(hidden=64, sigma_max=2.0, sigma_min=0.05, num_levels=8, steps_per_level=50,
+    model = sc.NoiseConditionalScore(
+        sc.ScoreConfig(hidden=64, sigma_max=2.0, sigma_min=0.05, num_levels=8, steps_per_level=50,
                        epsilon=1e-3)
     )  # fmt: skip
     fit_toy(model, data, steps=1500, batch_size=1024, lr=3e-3, schedule="cosine", progress=False,
@@ -402,7 +403,7 @@ def test_energy_config_names_the_bad_field(kwargs, name):
 )
 def test_score_config_names_the_bad_field(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
-        en.ScoreConfig(**kwargs)
+        sc.ScoreConfig(**kwargs)
 
 
 def test_samplers_and_losses_name_the_bad_argument():
@@ -416,17 +417,17 @@ def test_samplers_and_losses_name_the_bad_argument():
     ):  # fmt: skip
         args = {"steps": 2, "step_size": 0.1} | kwargs
         with pytest.raises((ValueError, TypeError), match=name):
-            en.langevin(energy, x0, **args)
+            sc.langevin(energy, x0, **args)
     with pytest.raises(TypeError, match="x0"):
-        en.langevin(energy, torch.zeros(4, 2, dtype=torch.long), 2, 0.1)
+        sc.langevin(energy, torch.zeros(4, 2, dtype=torch.long), 2, 0.1)
     with pytest.raises(ValueError, match="sigmas"):
-        en.annealed_langevin(lambda x, s: x, x0, torch.tensor([0.1, 1.0]), 2, 0.1)
+        sc.annealed_langevin(lambda x, s: x, x0, torch.tensor([0.1, 1.0]), 2, 0.1)
     with pytest.raises(ValueError, match="num_projections"):
-        en.sliced_score_matching(lambda x: x, x0, 0)
+        sc.sliced_score_matching(lambda x: x, x0, 0)
     with pytest.raises(ValueError, match="sigma"):
-        en.denoising_score_matching(lambda x: x, x0, 0.0)
+        sc.denoising_score_matching(lambda x: x, x0, 0.0)
     with pytest.raises(TypeError, match="x"):
-        en.explicit_score_matching(lambda x: x, torch.zeros(4))
+        sc.explicit_score_matching(lambda x: x, torch.zeros(4))
     model = en.EnergyModel(en.EnergyConfig(channels=4, buffer_size=8))
     for kwargs, name in (({"steps": 0}, "steps"), ({"step_size": -1.0}, "step_size"),
                          ({"noise": float("nan")}, "noise"), ({"y": 0}, "y")):  # fmt: skip
