@@ -27,7 +27,9 @@ so the loss stays an unbiased estimator of the sum.
 - :func:`linear_schedule`, :func:`cosine_schedule`; the networks are in :mod:`dgm_edu.unet`;
   :class:`Denoiser`: what diffusion and flow matching (:mod:`dgm_edu.flow_matching`) share.
 - :class:`Diffusion`: ``loss``, ``sample`` (ancestral), ``ddim_sample`` (any step count, eta),
-  classifier-free guidance (``y``, ``guidance``), ``log_prob`` (the bound), ``posterior``.
+  classifier-free guidance (``y``, ``guidance``), ``log_prob`` (the bound), ``posterior``;
+  ``abar_at``, ``beta_at`` and ``predict_at`` at continuous times s = t/T (the SDE view,
+  :mod:`dgm_edu.sde`).
 - :func:`train_reference`, :func:`train_toy`: the book's recipes (``train_toy`` trains either).
 """
 
@@ -217,11 +219,47 @@ class Diffusion(Denoiser):
         mean = (ab_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_prev) * xt) / (1 - ab)
         return mean, beta * (1 - ab_prev) / (1 - ab)
 
+    # ------------------------------------------------------------------ continuous time
+    def _grid(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where continuous times s (B,) in [0, 1] fall on the steps: (k, frac) with s T = k + frac,
+        k in [0, T-1]; times within 1e-4 of a step snap to it, so s = t/T lands on t exactly."""
+        T = self.config.T
+        u = s.double().clamp(0, 1) * T
+        u = torch.where((u - u.round()).abs() < 1e-4, u.round(), u)
+        k = u.floor().clamp(max=T - 1)
+        return k.long(), (u - k).float()
+
+    def _continuous_times(self, s: torch.Tensor | float, n: int | None = None) -> torch.Tensor:
+        """Times s as a float tensor (n,) on the model's device, checked to lie in [0, 1]."""
+        s = torch.as_tensor(s, dtype=torch.float32, device=self.abar.device)
+        if s.dim() == 0 and n is not None:
+            s = s.expand(n)
+        if s.dim() != 1 or (n is not None and len(s) != n):
+            want = "(B,)" if n is None else f"({n},)"
+            raise ValueError(f"s must be a float or a tensor of shape {want}, got {tuple(s.shape)}")
+        if s.device.type != "meta" and ((s < 0) | (s > 1) | s.isnan()).any():
+            raise ValueError("s must hold continuous times in [0, 1] (s = t / T)")
+        return s
+
+    def abar_at(self, s: torch.Tensor | float) -> torch.Tensor:
+        """abar(s) at continuous times s = t/T in [0, 1], (B,): log abar linearly interpolated
+        between the steps, abar(s) = abar_k^(1 - f) abar_{k+1}^f with s T = k + f; abar(t/T) is
+        exactly ``abar[t]``."""
+        k, f = self._grid(self._continuous_times(s))
+        return self.abar[k] ** (1 - f) * self.abar[k + 1] ** f
+
+    def beta_at(self, s: torch.Tensor | float) -> torch.Tensor:
+        """beta(s) = -d log abar / ds at continuous times s (B,): on [k/T, (k+1)/T) the constant
+        slope -T log(abar_{k+1} / abar_k) = -T log(1 - beta_{k+1}) of :meth:`abar_at`."""
+        k, _ = self._grid(self._continuous_times(s))
+        return -self.config.T * torch.log1p(-self.beta[k + 1])
+
     # ------------------------------------------------------------------ the network's prediction
-    def predict(self, xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> Pair:
-        """(epshat, xhat_0) at integer times t (B,)."""
-        out = self.net(xt, t.float() / self.config.T, y)
-        ab = self._bcast(self.abar, t)
+    def _predict(
+        self, xt: torch.Tensor, s: torch.Tensor, ab: torch.Tensor, y: torch.Tensor | None
+    ) -> Pair:
+        """(epshat, xhat_0) from the net at times s (B,) in [0, 1], abar broadcast (B, 1, ...)."""
+        out = self.net(xt, s, y)
         if self.config.head == "eps":
             eps = out.float()
             return eps, (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
@@ -230,6 +268,22 @@ class Diffusion(Denoiser):
         logits = out.float() - (xt - ab.sqrt() * g) ** 2 / (2 * (1 - ab))  # (B, 17, 8, 8)
         x0 = (logits.softmax(1) * g).sum(1, keepdim=True)  # (B, 1, 8, 8)
         return (xt - ab.sqrt() * x0) / (1 - ab).sqrt(), x0
+
+    def predict(self, xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> Pair:
+        """(epshat, xhat_0) at integer times t (B,)."""
+        return self._predict(xt, t.float() / self.config.T, self._bcast(self.abar, t), y)
+
+    def predict_at(
+        self, xt: torch.Tensor, s: torch.Tensor | float, y: torch.Tensor | None = None
+    ) -> Pair:
+        """(epshat, xhat_0) at continuous times s = t/T in [0, 1], a float or (B,), with
+        abar(s) from :meth:`abar_at`; at s = t/T it is :meth:`predict` at t. The network was
+        trained at the T steps only: between them it interpolates (the SDE view,
+        :mod:`dgm_edu.sde`).
+        """
+        s = self._continuous_times(s, len(xt))
+        ab = self.abar_at(s).view(-1, *([1] * len(self.shape)))  # (B, 1, ...)
+        return self._predict(xt, s, ab, y)
 
     def guided_eps(
         self, xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float
@@ -326,10 +380,21 @@ class Diffusion(Denoiser):
         mean2, var = ab * x0.pow(2), 1 - ab
         return 0.5 * (mean2 + var - 1 - var.log()).flatten(1).sum(1)
 
-    def decoder_term(self, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """L_0 = -log p(x_0 | x_1): N(xhat_0, beta_1) integrated over each level's bin, (B,)."""
+    def decoder_term(
+        self, x0: torch.Tensor, y: torch.Tensor | None = None, *, x1: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """L_0 = -log p(x_0 | x_1): N(xhat_0, beta_1) integrated over each level's bin, (B,).
+
+        x_1 ~ q(x_1 | x_0) is drawn here, or given as ``x1`` (model space, the shape of x_0)."""
         t = torch.ones(len(x0), dtype=torch.long, device=x0.device)
-        _, mean = self.predict(self.q_sample(x0, t, torch.randn_like(x0)), t, y)
+        if x1 is None:
+            x1 = self.q_sample(x0, t, torch.randn_like(x0))
+        elif not isinstance(x1, torch.Tensor) or x1.shape != x0.shape:
+            got = tuple(x1.shape) if isinstance(x1, torch.Tensor) else type(x1).__name__
+            raise ValueError(
+                f"x1 must be a tensor of the shape of x0, {tuple(x0.shape)}, got {got}"
+            )
+        _, mean = self.predict(x1, t, y)
         std = self.beta[1].sqrt()
         normal = torch.distributions.Normal(mean, std, validate_args=False)
         # the edge bins reach to -inf and +inf
