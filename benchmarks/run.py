@@ -29,7 +29,7 @@ from typing import Any
 
 import common
 
-FAMILIES = ("rbm", "vae", "gan", "autoregressive", "flows", "diffusion")
+FAMILIES = ("rbm", "vae", "gan", "autoregressive", "flows", "diffusion", "energy")
 SHIPPED = ("mixture", *FAMILIES)  # dgm_edu.weights.HEADLINE
 BASELINES = ("independent_pixels", "uniform")
 MODULES = {"mixture": "mixtures", "flows": "digit_flow"}  # family -> module, where they differ
@@ -76,6 +76,12 @@ def _nll_spec(family: str, model):
         return model.log_prob, (
             f"variational bound, {model.config.bound_samples} stratified timesteps per image "
             "(unconditional; upper bound on the NLL)"
+        )
+    if family == "energy":
+        c = model.config
+        return model.log_prob, (
+            f"AIS estimate (stochastic, not a bound): log Z by AIS from the uniform box, "
+            f"{c.ais_betas} betas, {c.ais_runs} runs"
         )
     return model.log_prob, "exact log-likelihood"
 

@@ -16,7 +16,7 @@ In *full* and *fast* mode the same call trains the model from scratch with its r
   each file bit for bit (the suite checks the cheap entries).
 
 The headline digits models are ``mixture``, ``rbm``, ``vae``, ``gan``, ``autoregressive``,
-``flows`` and ``diffusion``.
+``flows``, ``diffusion`` and ``energy``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from dgm_edu.train import History
 
 WEIGHTS_DIR = Path(__file__).parent / "assets" / "weights"
 MANIFEST = "manifest.json"
-HEADLINE = ("mixture", "rbm", "vae", "gan", "autoregressive", "flows", "diffusion")
+HEADLINE = ("mixture", "rbm", "vae", "gan", "autoregressive", "flows", "diffusion", "energy")
 
 
 class WeightsError(RuntimeError):
@@ -331,6 +331,59 @@ def _diffusion_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
     return _digits_nll(_exact, "variational bound, 64 stratified timesteps per image")(model)
 
 
+ENERGY_STAGES = (20, 60)  # "energy@20" is the baseline of the ablations, trained as long
+
+
+def _energy(ck, progress):
+    from functools import partial
+
+    from dgm_edu.energy import train_reference
+    from dgm_edu.runtime import budget
+    from dgm_edu.train import fit_stages
+
+    make = partial(train_reference, progress=progress)
+    return fit_stages(make, budget(fast=[1, 2], full=list(ENERGY_STAGES)), checkpoint=ck)
+
+
+def _energy_ablation(name: str) -> Callable:
+    """Chapter 8's tricks, each shown by what breaks without it: the reference recipe with the
+    one change ``energy.ABLATIONS[name]``, trained as long as ``energy@20``."""
+
+    def train(ck, progress):
+        from dgm_edu.energy import ABLATIONS, train_reference
+        from dgm_edu.runtime import budget
+
+        epochs = budget(fast=1, full=ENERGY_STAGES[0])
+        return train_reference(checkpoint=ck, progress=progress, epochs=epochs, **ABLATIONS[name])
+
+    return train
+
+
+def _energy_figures(seeds: int) -> Callable[..., dict[str, Any]]:
+    """Figures of a digits EBM: energies of the test images, of uniform noise and of Langevin
+    samples (cheap, recomputed by the suite), and with ``full`` the AIS test NLL estimate over
+    ``seeds`` AIS seeds (the spread) and the FID of 1000 Langevin samples."""
+
+    def figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
+        from dgm_edu.energy import digits_figures
+
+        return digits_figures(model, ais_seeds=seeds if full else 0, samples=1000 if full else 0)
+
+    return figures
+
+
+def _energy_toy(ck, progress):
+    from dgm_edu.energy import train_toy
+
+    return train_toy("ring8", checkpoint=ck, progress=progress)
+
+
+def _score_toy(ck, progress):
+    from dgm_edu.scores import train_toy
+
+    return train_toy("ring8", checkpoint=ck, progress=progress)
+
+
 BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 VAE_ARCH_SEEDS = (  # (entry, kind, seed)
     ("vae-seed1", "conv", 1),
@@ -421,6 +474,17 @@ RECIPES: dict[str, Recipe] = {
     "diffusion-toy": Recipe(_toy_denoiser("diffusion"), _ring_figures, "07_diffusion"),
     "diffusion-toy-simple": Recipe(_toy_denoiser_simple, _ring_figures, "07_diffusion"),
     "flow-matching-toy": Recipe(_toy_denoiser("flow-matching"), _ring_figures, "07_diffusion"),
+    "energy": Recipe(
+        _energy, _energy_figures(seeds=5), "08_energy_and_scores", stages=ENERGY_STAGES
+    ),
+    **{
+        f"energy-{name}": Recipe(
+            _energy_ablation(name), _energy_figures(seeds=1), "08_energy_and_scores"
+        )
+        for name in ("no-noise", "no-reg", "small-step")
+    },  # fmt: skip
+    "energy-toy": Recipe(_energy_toy, _ring_figures, "08_energy_and_scores"),
+    "score-toy": Recipe(_score_toy, _ring_figures, "08_energy_and_scores"),
 }
 
 

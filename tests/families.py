@@ -28,7 +28,10 @@ from dgm_edu.data import IMAGE_SHAPE, LEVELS, load_digits, toy_2d
 # sampling runs T network passes (and a PixelCNN one per pixel), the diffusion bound
 # bound_samples of them per image, an exact log Z sums 2^num_hidden terms. The contract needs
 # the code paths, not the sizes.
-SMALLER = {"T": 50, "bound_samples": 8, "num_hidden": 12, "channels": 32, "num_layers": 4}
+# An energy model's log Z runs ais_betas x ais_runs passes, its loss langevin_steps per item.
+SMALLER = {"T": 50, "bound_samples": 8, "num_hidden": 12, "channels": 32, "num_layers": 4,
+           "ais_betas": 50, "ais_runs": 16, "buffer_size": 64, "langevin_steps": 5,
+           "steps_per_level": 5}  # fmt: skip
 
 # Library models that ship no weights, listed next to the registry (class path, constructor).
 UNSHIPPED: dict[str, Callable[[], nn.Module]] = {
@@ -37,13 +40,6 @@ UNSHIPPED: dict[str, Callable[[], nn.Module]] = {
         "dgm_edu.mixtures"
     ).GaussianMixture(),
     "autoregressive.PixelCNN": lambda: _small_pixelcnn(),
-    "energy.EnergyModel[digits]": lambda: _small_energy("digits"),
-    "energy.EnergyModel[toy]": lambda: _small_energy("toy"),
-    "scores.NoiseConditionalScore": lambda: importlib.import_module(
-        "dgm_edu.scores"
-    ).NoiseConditionalScore(
-        importlib.import_module("dgm_edu.scores").ScoreConfig(hidden=16, steps_per_level=5)
-    ),
     "mixtures.TrainingSetLookup": lambda: importlib.import_module(
         "dgm_edu.mixtures"
     ).TrainingSetLookup(load_digits("train")[0][torch.randperm(1000, device="cpu")[:64]]),
@@ -51,16 +47,6 @@ UNSHIPPED: dict[str, Callable[[], nn.Module]] = {
 
 # A model that has ``log_prob`` but documents that it refuses a data kind: (variant, message).
 LOG_PROB_REFUSED = {"Diffusion[toy]": "log_prob is defined for the discrete digits only"}
-
-
-def _small_energy(data: str) -> nn.Module:
-    """A narrow energy model with short chains and a cheap AIS (no reference weights yet)."""
-    en = importlib.import_module("dgm_edu.energy")
-    config = en.EnergyConfig(
-        data=data, channels=8, hidden=16, buffer_size=64, langevin_steps=5, ais_betas=50,
-        ais_runs=16,
-    )  # fmt: skip
-    return en.EnergyModel(config)
 
 
 def _small_pixelcnn() -> nn.Module:

@@ -20,7 +20,7 @@ from dgm_edu.train import History
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-FAMILIES = ("rbm", "vae", "gan", "autoregressive", "flows", "diffusion")
+FAMILIES = ("rbm", "vae", "gan", "autoregressive", "flows", "diffusion", "energy")
 
 
 def _benchmarks_on_path() -> None:

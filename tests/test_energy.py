@@ -10,6 +10,11 @@
 - AIS: log Z of a Gaussian energy in closed form, and of the toy EnergyModel by grid quadrature;
 - annealed Langevin with an oracle score reaches a mixture's weights (a single level does not);
 - the replay buffer: moved by training, untouched in eval mode, kept by a checkpoint;
+- logit coordinates: exp(−E_z) carries the box's mass (quadrature), and the model's own
+  Langevin negatives reach a known Gaussian on the box;
+- a classifier read as an energy: −logsumexp and −logit by direct sums, softmax recovered;
+- the recipe's figures against a direct computation, the ablations registered one change each,
+  the fast recipes train;
 - argument checks name the argument.
 """
 
@@ -435,3 +440,138 @@ def test_samplers_and_losses_name_the_bad_argument():
             model.sample(2, **kwargs)
     with pytest.raises(ValueError, match="Expected integer levels"):
         model.loss(DIGITS[:2] / 16.0)
+
+
+# =========================================================================== logit coordinates
+def test_logit_coordinates_carry_the_same_density_by_quadrature():
+    """∫ exp(−E_z(z)) dz = ∫_box exp(−E(y)) dy / (high − low)^D (1D, trapezoid on a wide grid),
+    base_energy is the log-density of logit(U(0, 1)), and to_box/from_box invert each other."""
+    bounds = (-2.0, 3.0)
+
+    def energy(y):
+        return (2 * (y - 0.5) ** 2 + torch.sin(3 * y)).sum(-1)
+
+    z = torch.linspace(-40, 40, 400_001, dtype=torch.float64)[:, None]
+    ez = en.logit_energy(energy, bounds)(z)
+    lhs = torch.trapezoid(torch.exp(-ez), z[:, 0])
+    y = torch.linspace(*bounds, 200_001, dtype=torch.float64)[:, None]
+    rhs = torch.trapezoid(torch.exp(-energy(y)), y[:, 0]) / (bounds[1] - bounds[0])
+    torch.testing.assert_close(lhs, rhs, rtol=1e-6, atol=0)
+    base = torch.trapezoid(torch.exp(-en.base_energy(z)), z[:, 0])
+    torch.testing.assert_close(base, torch.tensor(1.0, dtype=torch.float64), rtol=1e-6, atol=0)
+    pts = torch.tensor([[-1.9], [0.0], [2.5]], dtype=torch.float64)
+    torch.testing.assert_close(en.to_box(en.from_box(pts, bounds), bounds), pts)
+
+
+class _Well(torch.nn.Module):
+    def __init__(self, m: torch.Tensor, s: float) -> None:
+        super().__init__()
+        self.m, self.s = m, s
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return ((y - self.m) ** 2).sum(-1) / (2 * self.s**2)
+
+
+def test_model_langevin_in_logit_coordinates_samples_a_known_density_on_the_box():
+    """A toy EnergyModel whose energy is replaced by a Gaussian well, E = ‖y − m‖²/(2 s²) in
+    the box (−4, 4)²: its negatives (persistent chains, noise 1) reach N(m, s²) (8 s deep
+    inside the box, so the box does not truncate it)."""
+    m, s = torch.tensor([1.0, -0.5]), 0.4
+    model = en.EnergyModel(
+        en.EnergyConfig(data="toy", buffer_size=4000, langevin_steps=50, step_size=0.005,
+                        reinit=0.0)
+    )  # fmt: skip
+    model.net = _Well(m, s)
+    torch.manual_seed(0)
+    for _ in range(30):
+        neg = model.negatives(4000, update=True)
+    torch.testing.assert_close(neg.mean(0), m, atol=0.03, rtol=0)
+    torch.testing.assert_close(neg.std(0), torch.full((2,), s), atol=0.03, rtol=0)
+
+
+# =========================================================================== a classifier's energy
+def test_classifier_energy_is_minus_logsumexp_and_minus_the_logit():
+    """E(x) = −log Σ_y exp f(x)[y] and E(x, y) = −f(x)[y], checked by a direct sum; and
+    p(y | x) = exp(E(x) − E(x, y)) is the softmax of the logits."""
+    w = torch.randn(5, 3, generator=_gen(), dtype=torch.float64)
+
+    def logits(x):
+        return x @ w.T + 2.0  # (N, 5); the shift changes E(x) but not p(y | x)
+
+    x = torch.randn(7, 3, generator=_gen(1), dtype=torch.float64)
+    e_x, e_xy = en.classifier_energy(logits)
+    f = logits(x)
+    want = -torch.log(torch.exp(f).sum(-1))
+    torch.testing.assert_close(e_x(x), want)
+    y = torch.tensor([0, 4, 2, 2, 1, 3, 0])
+    torch.testing.assert_close(e_xy(x, y), -f[torch.arange(7), y])
+    torch.testing.assert_close(e_xy(x), -f)
+    p = torch.exp(e_x(x)[:, None] - e_xy(x))  # (7, 5)
+    torch.testing.assert_close(p, torch.softmax(f, -1))
+    torch.testing.assert_close(p.sum(-1), torch.ones(7, dtype=torch.float64))
+    with pytest.raises(ValueError, match="y"):
+        e_xy(x, torch.full((7,), 5))
+    with pytest.raises(TypeError, match="logits_fn"):
+        en.classifier_energy(3.0)
+
+
+def test_the_digits_feature_net_read_as_an_energy_prefers_digits_to_noise():
+    from dgm_edu.features import load_feature_net
+
+    net = load_feature_net()
+    e_x, _ = en.classifier_energy(net)
+    noise = torch.randint(0, LEVELS, (200, 1, 8, 8), generator=_gen())
+    with torch.no_grad():
+        assert float(e_x(DIGITS[:200]).mean()) < float(e_x(noise).mean())
+
+
+# =========================================================================== the recipe's figures
+def test_digits_figures_record_the_energies_and_the_nll_estimate():
+    torch.manual_seed(0)
+    model = en.EnergyModel(en.EnergyConfig(channels=4, buffer_size=16, ais_betas=20, ais_runs=8))
+    model.eval()
+    fig = en.digits_figures(model, ais_seeds=2, samples=0)
+    x = load_digits("test")[0]
+    y = (x.float() + torch.rand(x.shape, generator=_gen())) / LEVELS
+    with torch.no_grad():
+        e_test = float(model.energy(y).double().mean())
+        e_buf = float(model.energy(torch.sigmoid(model.replay)).double().mean())
+    assert fig["e_test"] == pytest.approx(e_test, abs=1e-4)
+    assert fig["e_buffer"] == pytest.approx(e_buf, abs=1e-4)
+    assert fig["e_gap"] == pytest.approx(e_test - e_buf, abs=2e-4)
+    log_z = model.ais_log_partition(generator=_gen(0)).log_z
+    assert fig["log_z_runs"][0] == pytest.approx(log_z, abs=1e-4)
+    assert fig["test_nll_nats"] == pytest.approx(e_test + log_z + 64 * math.log(LEVELS), abs=1e-3)
+    assert fig["nll_low"] <= fig["test_nll_nats"] <= fig["nll_high"]
+    assert "AIS estimate" in fig["estimator"]
+    with torch.no_grad():
+        model.net.net[-1].bias.fill_(float("nan"))
+    bad = en.digits_figures(model, ais_seeds=1, samples=0)
+    assert bad["finite"] is False and bad["e_test"] is None and "test_nll_nats" not in bad
+
+
+# =========================================================================== the recipes
+def test_each_ablation_is_registered_and_changes_one_field_of_the_reference():
+    from dgm_edu import weights
+
+    registered = {n.removeprefix("energy-") for n in weights.RECIPES if n.startswith("energy-")}
+    assert registered - {"toy"} == set(en.ABLATIONS)
+    ref = en.reference_config()
+    for change in en.ABLATIONS.values():
+        cfg = en.reference_config(**change)
+        differ = [k for k in vars(ref) if getattr(cfg, k) != getattr(ref, k)]
+        assert differ == list(change)
+
+
+def test_fast_recipes_train_and_move_the_energies(monkeypatch):
+    """Fast mode: the digits recipe lowers the data's energy below uniform noise's; the toy
+    recipes return trained models in eval mode."""
+    monkeypatch.setenv("DGM_EDU_FAST", "1")
+    model, hist = en.train_reference(progress=False, epochs=1)
+    assert not model.training and hist.epochs_run == 1
+    fig = en.digits_figures(model, ais_seeds=0, samples=0)
+    assert fig["e_test"] < fig["e_noise"] - 10
+    toy, hist = en.train_toy(progress=False, epochs=1)
+    assert not toy.training and toy.config.data == "toy" and hist.epochs_run == 1
+    nc, hist = sc.train_toy(progress=False, epochs=2)
+    assert not nc.training and len(hist.val_loss) == 2 and hist.val_loss[-1] < hist.val_loss[0]
