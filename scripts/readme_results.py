@@ -36,6 +36,7 @@ LABELS = {
     "autoregressive": "Gated PixelCNN (ch. 5)",
     "flows": "Normalizing flow (ch. 6)",
     "diffusion": "Diffusion (ch. 7)",
+    "energy": "Energy-based model (ch. 8)",
     "independent_pixels": "Baseline: independent pixels",
     "uniform": "Baseline: uniform",
 }
