@@ -169,6 +169,21 @@ def test_committed_full_results_follow_the_schema(common, family):
     assert r["params"] > 0 and r["train_seconds"] > 0
 
 
+def test_committed_energy_ablation_seeds_cover_every_run_and_seed():
+    """benchmarks/energy_tricks.py: the control and each ablation of chapter 8 at the seeds that
+    do not ship, with the figures the shipped runs record (same function, same keys)."""
+    from dgm_edu.energy import ABLATIONS
+
+    r = json.loads((BENCH / "results" / "energy_tricks.json").read_text())
+    got = {(row["run"], row["seed"]) for row in r["runs"]}
+    assert got == {(k, s) for k in ("control", *ABLATIONS) for s in (1, 2)}
+    shipped = weights.entry("energy@20")["figures"]
+    for row in r["runs"]:
+        assert 64 * math.log(17) / 3 < row["test_nll_nats"] < 64 * math.log(17)
+        assert row["test_fid"] > 0 and row["train_seconds"] > 0
+        assert set(row) - {"run", "seed", "train_seconds"} <= set(shipped)
+
+
 def _check_table(result: dict, n: int, families: list[str]) -> dict:
     """The assertions every table shares; returns its rows by family."""
     assert result["num_samples"] == n and result["num_test"] == 447
