@@ -7,15 +7,18 @@
 
 Without ``--shipped`` each family's model comes from its module's ``train_reference`` (the same
 recipe as its chapter). With ``--shipped`` it is the reference weights of ``dgm_edu.weights``
-(every headline entry that is shipped), and the test NLL or bound, its estimator and the training
-seconds are the figures recorded in their manifest (measured when the weights were built).
+(every headline entry that is shipped); the training seconds are their manifest's, and the test
+NLL is measured again here and set beside the manifest's figure (``nll_manifest``).
 Per family the table holds: the test NLL or the family's bound (with the estimator named; a GAN has
-none), FID / KID / precision / recall of ``--samples`` samples against the 447 test images (on the
-fixed digits feature net), the memorisation ratio, train seconds, sampling seconds per 100 images
-and the parameter count. Two baselines (independent pixels fitted by counting, uniform) and the
-train-versus-test FID floor at the same sample size are added. Output: ``table.md`` and
-``table.json`` in ``--out-dir`` (``table-fast.*`` in fast mode), with the date and machine. The
-row fields use the names of the per-family results (``benchmarks/common.py``).
+none), the mean of the per-image values over the 447 test images; FID / KID / precision / recall of
+``--samples`` samples against the test images (on the fixed digits feature net, features computed
+once); the memorisation ratio, train seconds, sampling seconds per 100 images and the parameter
+count. Every score has a 95% bootstrap interval (``<key>_low``, ``<key>_high``): over the test
+images for the NLL and recall, over the samples for FID, KID and precision. Two baselines
+(independent pixels fitted by counting, uniform) and the train-versus-test floor at the same
+sample size (real train images scored like a model's samples: ``floor``) are added. Output:
+``table.md`` and ``table.json`` in ``--out-dir`` (``table-fast.*`` in fast mode), with the date
+and machine. The row fields use the names of the per-family results (``benchmarks/common.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ SHIPPED = ("mixture", *FAMILIES)  # dgm_edu.weights.HEADLINE
 BASELINES = ("independent_pixels", "uniform")
 MODULES = {"mixture": "mixtures", "flows": "digit_flow"}  # family -> module, where they differ
 NO_LIKELIHOOD = "none: implicit model (no likelihood)"
+LEVEL, RESAMPLES = 0.95, 1000  # every interval of the table: 95 %, percentile bootstrap
+KID_UNIT = "raw MMD² of the digit features (not rescaled)"
+INTERVALS = ("nll_nats", "bpd", "fid", "kid", "precision", "recall")  # keys with _low / _high
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--samples", type=int, default=None, help="default 1000 (fast: 200)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=RESAMPLES,
+        help=f"bootstrap resamples (default {RESAMPLES})",
+    )
     args = p.parse_args(argv)
     if args.shipped and args.fast:
         p.error("--shipped scores the shipped (full-mode) weights: expected no --fast")
@@ -54,8 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _nll_spec(family: str, model):
-    """(function images -> per-image log p or bound, estimator name) for a family; None for GANs."""
+def _nll_spec(family: str, model, log_z: float | None = None):
+    """(function images -> per-image log p or bound, estimator name) for a family; None for GANs.
+
+    ``log_z``: the energy model's log Ẑ to use (the manifest's AIS estimate for shipped weights)
+    instead of running AIS; the images are then dequantized with one draw of seed 0, as the
+    manifest's figure was, so call the function on the whole test split at once.
+    """
     from dgm_edu.runtime import budget
 
     if family == "rbm":
@@ -77,6 +94,22 @@ def _nll_spec(family: str, model):
             f"variational bound, {model.config.bound_samples} stratified timesteps per image "
             "(unconditional; upper bound on the NLL)"
         )
+    if family == "energy" and log_z is not None:
+        import math
+
+        import torch
+
+        from dgm_edu.data import LEVELS, dequantize
+
+        def energy_log_prob(x):  # −E((x + u)/17) − 64 log 17 − log Ẑ, one u per image (seed 0)
+            y = dequantize(x, generator=torch.Generator().manual_seed(0)).to(model.replay)
+            return -model.energy(y) - x[0].numel() * math.log(LEVELS) - log_z
+
+        return energy_log_prob, (
+            f"AIS estimate (stochastic, not a bound): −E of one dequantization draw (seed 0) − "
+            f"64 log 17 − log Ẑ, log Ẑ = {log_z:.4f} the manifest's AIS estimate (seed 0); the "
+            "interval covers the draw of test images only, not the error of log Ẑ"
+        )
     if family == "energy":
         c = model.config
         return model.log_prob, (
@@ -94,8 +127,19 @@ def _sampler(family: str, model):
     17-level test images.
     """
     if family == "diffusion":  # unconditional (y=None), like every other family's samples
-        return lambda n: model.ddim_sample(n, steps=50, eta=0.0), "DDIM 50 steps, unconditional"
-    return model.sample, "model.sample"
+        return lambda n: model.ddim_sample(n, steps=50, eta=0.0), (
+            "DDIM 50 steps, eta 0, no label (the null label of classifier-free guidance, "
+            "guidance 1): unconditional"
+        )
+    return model.sample, "model.sample(n), no label: unconditional"
+
+
+def is_conditional(model) -> bool:
+    """Whether ``_sampler``'s samples are class-conditional: only a model with classes that was
+    trained without label dropout (``p_uncond == 0``) draws labels when none is given."""
+    config = getattr(model, "config", None)
+    classes = getattr(config, "num_classes", 0) or 0
+    return classes > 0 and getattr(config, "p_uncond", 0.0) == 0.0
 
 
 def train_family(family: str, seed: int):
@@ -117,28 +161,83 @@ def train_family(family: str, seed: int):
     return model, time.perf_counter() - t0, hist
 
 
-def measure_nll(family: str, model, x_test) -> dict[str, Any]:
-    """``estimator``, ``nll_nats`` and ``bpd`` measured here on the test split."""
+def per_image_nll(family: str, model, x_test, log_z: float | None = None, batch: int = 64):
+    """(per-image NLL or bound ``(N,)`` float64, or None for a GAN; the estimator's name)."""
+    import torch
+
+    fn, estimator = _nll_spec(family, model, log_z)
+    if fn is None:
+        return None, estimator
+    size = len(x_test) if log_z is not None else batch  # one dequantization draw for all
+    model.eval()
+    with torch.no_grad():  # every log_prob keeps gradients; evaluation does not need them
+        parts = [-fn(x_test[i : i + size]).double().cpu() for i in range(0, len(x_test), size)]
+    return torch.cat(parts), estimator  # (N,)
+
+
+def measure_nll(
+    family: str, model, x_test, log_z: float | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """``estimator``, ``nll_nats`` and ``bpd`` measured here on the test split: the mean of the
+    per-image values, with a bootstrap interval over the test images (``*_low``, ``*_high``)."""
     import torch
 
     from dgm_edu import metrics
 
-    fn, estimator = _nll_spec(family, model)
-    with torch.no_grad():  # every log_prob keeps gradients; evaluation does not need them
-        nll = None if fn is None else metrics.evaluate_nll(fn, x_test)
-    return {"estimator": estimator, "nll_nats": nll, "bpd": common.bpd_of(nll)}
+    torch.manual_seed(seed)  # the stochastic estimators (IWAE, dequantization, timesteps)
+    values, estimator = per_image_nll(family, model, x_test, log_z)
+    out: dict[str, Any] = {"estimator": estimator}
+    if values is None:
+        return out | {f"{k}{s}": None for k in ("nll_nats", "bpd") for s in ("", "_low", "_high")}
+    nll = metrics.bootstrap(lambda v: v.mean(), values, resamples=RESAMPLES, level=LEVEL)
+    for key, value in zip(("nll_nats", "nll_nats_low", "nll_nats_high"), nll):
+        out[key], out[key.replace("nll_nats", "bpd")] = value, common.bpd_of(value)
+    return out
 
 
 def shipped_nll(entry: dict[str, Any]) -> dict[str, Any]:
-    """``estimator``, ``nll_nats`` and ``bpd`` of a shipped model: its manifest figures."""
+    """The manifest's figures of a shipped model: ``nll_manifest`` (None for a GAN), its
+    estimator, and (energy) the seed-0 log Ẑ the figure used."""
     figures = entry["figures"]
-    nll = figures.get("test_nll_nats")
-    estimator = figures.get("estimator") if nll is not None else NO_LIKELIHOOD
-    return {"estimator": estimator, "nll_nats": nll, "bpd": common.bpd_of(nll)}
+    out = {"nll_manifest": figures.get("test_nll_nats"), "manifest_estimator": None}
+    if out["nll_manifest"] is not None:
+        out["manifest_estimator"] = figures.get("estimator")
+    if "log_z_runs" in figures:  # energy: test_nll_nats = e_test + log Ẑ(seed 0) + 64 log 17
+        out["log_z"] = figures["log_z_runs"][0]
+    return out
 
 
-def score_samples(family: str, model, n: int, data) -> dict[str, Any]:
-    """Sampling time, FID / KID / precision / recall, memorisation and 16 samples of a model."""
+def quality_intervals(samples, x_test, seed: int = 0, k: int = 3) -> dict[str, Any]:
+    """FID, KID, precision and recall (k-NN manifolds, ``k`` = 3 as in
+    :func:`dgm_edu.metrics.precision_recall`) of ``samples`` against ``x_test``, each with a
+    bootstrap interval, on features computed once. FID, KID and precision resample the samples
+    (FID and KID centred: a resample repeats images, which biases them upwards); recall, a mean
+    over the test images, resamples the test images. ``kid`` is the unbiased MMD² of the whole
+    sets (:func:`dgm_edu.metrics.mmd2_polynomial`), in raw feature units."""
+    from dgm_edu import metrics
+
+    net = metrics._feature_net(None)
+    fs, fr = metrics.digit_features(samples, net), metrics.digit_features(x_test, net)  # (N|M, F)
+    boot = {"resamples": RESAMPLES, "level": LEVEL, "seed": seed}
+    scores = {
+        "fid": metrics.bootstrap(metrics.frechet_distance, fs, fr, centre=True, **boot),
+        "kid": metrics.bootstrap(metrics.mmd2_polynomial, fs, fr, centre=True, **boot),
+        "precision": metrics.bootstrap(
+            lambda v: v.mean(), metrics.in_manifold(fs, fr, k).double(), **boot
+        ),  # share of samples in the test images' manifold
+        "recall": metrics.bootstrap(
+            lambda v: v.mean(), metrics.in_manifold(fr, fs, k).double(), **boot
+        ),  # share of test images in the samples' manifold
+    }
+    out: dict[str, Any] = {}
+    for key, interval in scores.items():
+        out |= {key: interval.estimate, f"{key}_low": interval.low, f"{key}_high": interval.high}
+    return out | {"kid_unit": KID_UNIT, "samples": len(samples)}
+
+
+def score_samples(family: str, model, n: int, data, seed: int = 0) -> dict[str, Any]:
+    """Sampling time, FID / KID / precision / recall with intervals, memorisation and 16 samples
+    of a model."""
     import torch
 
     from dgm_edu import metrics
@@ -151,8 +250,9 @@ def score_samples(family: str, model, n: int, data) -> dict[str, Any]:
         seconds = (time.perf_counter() - t0) * 100 / n
     return {
         "sampler": sampler,
+        "conditional": is_conditional(model),
         "sample_seconds_per_100": seconds,
-        **common.quality_fields(metrics.sample_quality(samples, x_test), n),
+        **quality_intervals(samples, x_test, seed),
         **metrics.memorisation(samples, x_train, x_test),
         "class_histogram": metrics.class_histogram(samples).tolist(),
         "samples_16": samples[:16].view(16, 64).tolist(),
@@ -160,27 +260,43 @@ def score_samples(family: str, model, n: int, data) -> dict[str, Any]:
 
 
 def evaluate(
-    family: str, model, train_seconds: float, n: int, data, nll: dict[str, Any] | None = None
+    family: str,
+    model,
+    train_seconds: float,
+    n: int,
+    data,
+    manifest: dict[str, Any] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Every column of the table for one model (``nll``: given figures instead of measuring)."""
+    """Every column of the table for one model (``manifest``: its :func:`shipped_nll` figures,
+    set beside the NLL measured here; the energy model's log Ẑ is taken from them)."""
+    import torch
+
+    manifest = dict(manifest or {})
+    log_z = manifest.pop("log_z", None)
     row: dict[str, Any] = {"family": family, "model": type(model).__name__}
-    row.update(nll if nll is not None else measure_nll(family, model, data[1]))
-    row.update(score_samples(family, model, n, data))
+    row.update(measure_nll(family, model, data[1], log_z, seed))
+    if manifest:
+        row.update(manifest)
+        known = None not in (row["nll_nats"], row["nll_manifest"])
+        row["nll_manifest_diff"] = row["nll_nats"] - row["nll_manifest"] if known else None
+    torch.manual_seed(seed)
+    row.update(score_samples(family, model, n, data, seed))
     row["train_seconds"] = train_seconds
     row["params"] = sum(p.numel() for p in model.parameters())
     return row
 
 
-def fid_floor(n: int, seed: int, x_train, x_test) -> float:
-    """FID of ``n`` random train images against the test split (all of them: ``fid_floor()``)."""
+def floor(n: int, seed: int, x_train, x_test) -> dict[str, Any]:
+    """The train-versus-test floor: ``n`` random train images (all of them when ``n`` >= 1000)
+    scored against the test split like a model's samples, with the same intervals."""
     import torch
 
-    from dgm_edu import metrics
-
-    if n >= len(x_train):
-        return metrics.fid_floor()
     gen = torch.Generator().manual_seed(seed)
-    return metrics.fid(x_train[torch.randperm(len(x_train), generator=gen)[:n]], x_test)
+    real = (
+        x_train if n >= len(x_train) else x_train[torch.randperm(len(x_train), generator=gen)[:n]]
+    )
+    return {"family": "train_vs_test", **quality_intervals(real, x_test, seed)}
 
 
 def obtain(family: str, args: argparse.Namespace) -> tuple[Any, float, dict[str, Any]]:
@@ -189,7 +305,7 @@ def obtain(family: str, args: argparse.Namespace) -> tuple[Any, float, dict[str,
         from dgm_edu import weights
 
         entry = weights.entry(family)
-        shipped = {"weights": family, "sha256": entry["sha256"], "nll": shipped_nll(entry)}
+        shipped = {"weights": family, "sha256": entry["sha256"], "manifest": shipped_nll(entry)}
         return weights.load(family, device="cpu"), entry["train_seconds"], shipped
     print(f"[{family}] training ...", flush=True)
     model, seconds, _ = train_family(family, args.seed)
@@ -200,6 +316,13 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _ci(r: dict, key: str, spec: str) -> str:
+    """``estimate [low, high]``, or "-" without an estimate."""
+    if r.get(key) is None:
+        return "-"
+    return f"{r[key]:{spec}} [{r[f'{key}_low']:{spec}}, {r[f'{key}_high']:{spec}}]"
+
+
 def to_markdown(result: dict) -> str:
     """The table as GitHub markdown (one row per family and baseline)."""
     lines = [
@@ -207,22 +330,27 @@ def to_markdown(result: dict) -> str:
         f"{result['machine']['platform']}, {result['machine']['cpu_count']} CPUs "
         f"({result['machine']['note']}).",
         f"{result['num_samples']} samples per model against the {result['num_test']} test images; "
-        f"train-vs-test FID floor at the same size: {result['fid_floor']:.1f}.",
+        f"train-vs-test FID floor at the same size: {result['fid_floor']:.1f}. "
+        f"[low, high]: {result['interval']}. KID: {KID_UNIT}. Every model samples "
+        f"{'with' if any(r['conditional'] for r in result['rows']) else 'without'} labels.",
     ]
     if result.get("missing"):
         lines.append(f"Not shipped yet: {', '.join(result['missing'])}.")
     lines += [
         "",
-        "| family | test NLL (nats) | bpd | estimator | FID | KID | precision | recall "
-        "| memorisation | train s | sample s/100 | params |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| family | test NLL (nats) | manifest NLL | bpd | estimator | FID | KID (raw MMD²) "
+        "| precision | recall | memorisation | train s | sample s/100 | params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
+    floor_row = {**result["floor"], "estimator": "real train images (the floor)"}
+    for r in [*result["rows"], floor_row]:
+        params = "-" if r.get("params") is None else f"{r['params']:,}"
         lines.append(
-            f"| {r['family']} | {_fmt(r['nll_nats'], '.2f')} | {_fmt(r['bpd'], '.3f')} "
-            f"| {r['estimator']} | {r['fid']:.1f} | {r['kid']:.1f} "
-            f"| {r['precision']:.2f} | {r['recall']:.2f} | {r['memorisation_ratio']:.2f} "
-            f"| {r['train_seconds']:.1f} | {r['sample_seconds_per_100']:.3f} | {r['params']:,} |"
+            f"| {r['family']} | {_ci(r, 'nll_nats', '.2f')} | {_fmt(r.get('nll_manifest'), '.2f')} "
+            f"| {_ci(r, 'bpd', '.3f')} | {r['estimator']} | {_ci(r, 'fid', '.1f')} "
+            f"| {_ci(r, 'kid', '.1f')} | {_ci(r, 'precision', '.2f')} | {_ci(r, 'recall', '.2f')} "
+            f"| {_fmt(r.get('memorisation_ratio'), '.2f')} | {_fmt(r.get('train_seconds'), '.1f')} "
+            f"| {_fmt(r.get('sample_seconds_per_100'), '.3f')} | {params} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -254,7 +382,9 @@ def _families(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    global RESAMPLES  # every interval of this run uses the same number of resamples
     args = parse_args(argv)
+    RESAMPLES = args.resamples
     if args.shipped:  # the weights' mode, whatever the environment's: no budget is read
         mode, n = "reference", args.samples or 1000
         common.set_threads(args.threads)
@@ -273,12 +403,14 @@ def main(argv: list[str] | None = None) -> dict:
     for family in families + list(BASELINES):
         model, seconds, shipped = obtain(family, args)
         torch.manual_seed(args.seed)
-        row = evaluate(family, model, seconds, n, (x_train, x_test), nll=shipped.pop("nll", None))
+        manifest = shipped.pop("manifest", None)
+        row = evaluate(family, model, seconds, n, (x_train, x_test), manifest, args.seed)
         row.update(shipped)
         print(f"[{family}] nll={row['nll_nats']} fid={row['fid']:.1f} train={seconds:.1f}s",
               flush=True)  # fmt: skip
         rows.append(row)
     argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+    real = floor(n, args.seed, x_train, x_test)
     result = {
         "mode": mode,
         "weights": "shipped weights (dgm_edu.weights)" if args.shipped else "trained by this run",
@@ -287,8 +419,16 @@ def main(argv: list[str] | None = None) -> dict:
         "command": f"python benchmarks/run.py {argv_text}".strip(),
         "num_samples": n,
         "num_test": len(x_test),
-        "fid_floor": fid_floor(n, args.seed, x_train, x_test),
+        "interval": f"{LEVEL:.0%} percentile bootstrap, {RESAMPLES} resamples (seed "
+        f"{args.seed}): over the test images for the NLL, bpd and recall, over the samples for "
+        "FID, KID (both centred on the estimate) and precision",
+        "kid_unit": KID_UNIT,
+        "conditional": any(r["conditional"] for r in rows),
+        "fid_floor": real["fid"],
+        "fid_floor_low": real["fid_low"],
+        "fid_floor_high": real["fid_high"],
         "fid_floor_note": f"FID of {n} random train images against the test split",
+        "floor": real,
         "missing": missing,
         "rows": rows,
     }

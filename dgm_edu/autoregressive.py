@@ -21,6 +21,8 @@ Text (characters of a name, one by one):
 
 - :class:`CharRNN` (GRU) and :class:`CharTransformer` (causal self-attention) behind one face,
   :class:`CharModel`: ``loss(ids)``, ``log_prob(ids)``, ``sample(n, *, temperature)``.
+- :func:`split_sample`, :func:`well_formed` and :func:`nll_per_char`: the text models judged as
+  generators (chapter 10).
 """
 
 from __future__ import annotations
@@ -476,3 +478,46 @@ def train_char_model(
         desc=kind,
     )
     return model, history
+
+
+# =========================================================================== text: evaluation
+def split_sample(ids: torch.Tensor, vocab: Vocab) -> tuple[str, bool]:
+    """One sampled row ``(T + 1,)`` ('.', c_1, c_2, ...) -> ``(word, ended)``.
+
+    ``ended`` is True when the model emitted the end token '.' within the row, i.e. within the
+    length limit; the word is the characters before it (all of them when it never ended).
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or len(ids) < 1:
+        raise ValueError("ids must be one sampled row of shape (T + 1,) starting with '.'")
+    chars = [vocab.chars[i] for i in ids[1:].tolist()]
+    ended = "." in chars
+    return "".join(chars[: chars.index(".")] if ended else chars), ended
+
+
+def well_formed(word: str, ended: bool = True) -> bool:
+    """The book's rule for a usable generated name, kept deliberately simple:
+
+    it ended (the end token came within the length limit), it has at least 2 characters, all
+    letters, and no letter three times in a row (``"aaa"``: the garbage that high temperatures
+    produce). Every one of the 3000 names of the corpus passes it.
+    """
+    if not isinstance(word, str):
+        raise TypeError(f"word must be a str, got {type(word).__name__}")
+    triple = any(a == b == c for a, b, c in zip(word, word[1:], word[2:]))
+    return bool(ended) and len(word) >= 2 and word.isalpha() and not triple
+
+
+@torch.no_grad()
+def nll_per_char(model: CharModel, vocab: Vocab, words: list[str]) -> float:
+    """Nats per character of ``words`` under ``model``, the end token counted as a character:
+
+        Σ_w −log p(w) / Σ_w (len(w) + 1);
+
+    its exponential is the per-character perplexity.
+    """
+    if not words:
+        raise ValueError("nll_per_char needs at least one word")
+    ids = vocab.encode(words, model.config.max_len)  # (N, max_len + 1)
+    return -model.log_prob(ids.to(module_device(model))).sum().item() / sum(
+        len(w) + 1 for w in words
+    )

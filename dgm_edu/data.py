@@ -283,6 +283,44 @@ def ring_centres(num_modes: int = 8, radius: float = RING_RADIUS) -> torch.Tenso
     return (radius * torch.stack([angles.cos(), angles.sin()], dim=1)).float()
 
 
+def render_points(points: torch.Tensor, *, side: int = 8, limit: float = 3.0) -> torch.Tensor:
+    """Point clouds ``(N, P, 2)`` -> images ``(N, 1, side, side)`` int64 levels 0..16.
+
+    Each image is the 2D histogram of its P points on the square [−limit, limit]² cut into
+    side × side equal cells (row = cell of the first coordinate, column = cell of the second;
+    points outside the square are dropped), scaled so that its fullest cell is level 16:
+    level = round(16 · count / max count). A cloud with no point inside stays blank.
+    """
+    if not isinstance(points, torch.Tensor) or points.dim() != 3 or points.shape[-1] != 2:
+        got = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+        raise ValueError(f"points must be a tensor (N, P, 2) of 2D point clouds, got {got}")
+    side = checks.integer(side, "side", low=1)
+    limit = checks.real(limit, "limit", positive=True)
+    bounds = [-limit, limit, -limit, limit]
+    h = torch.stack(
+        [torch.histogramdd(p.float().cpu(), bins=[side, side], range=bounds).hist for p in points]
+    )  # (N, side, side) counts
+    top = h.amax((1, 2), keepdim=True).clamp(min=1)  # (N, 1, 1): an empty cloud stays 0
+    return (16 * h / top).round().long().unsqueeze(1)  # (N, 1, side, side)
+
+
+def render_toys(n: int = 447, per_image: int = 60, *, seed: int = 0) -> torch.Tensor:
+    """The 2D toys as 8x8 images ``(n, 1, 8, 8)`` int64: an anomaly set for digit models.
+
+    Image i is :func:`render_points` of ``per_image`` points of one toy, the toys of ``TOYS``
+    in turn, in blocks of ceil(n / 4) images (the toy ``TOYS[j]`` drawn with seed ``seed + j``).
+    Chapter 10 scores them as outliers: shapes that are not digits, at the digits' levels.
+    """
+    n = checks.integer(n, "n", low=1)
+    per_image = checks.integer(per_image, "per_image", low=1)
+    block = -(-n // len(TOYS))  # ceil(n / 4) images of each toy
+    images = [
+        render_points(toy_2d(name, per_image * block, seed=seed + j).view(block, per_image, 2))
+        for j, name in enumerate(TOYS)
+    ]
+    return torch.cat(images)[:n]
+
+
 # --------------------------------------------------------------------------- IDX files (MNIST)
 _IDX_DTYPES = {
     0x08: np.dtype(">u1"),
