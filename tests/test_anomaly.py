@@ -6,6 +6,7 @@ import math
 import zlib
 from pathlib import Path
 
+import bench_scripts
 import numpy as np
 import pytest
 import torch
@@ -201,16 +202,7 @@ def test_one_entry_recomputed_from_scratch(result):
 
 # --------------------------------------------------------------------------- the script's helpers
 def _script():
-    import importlib.util
-    import sys
-
-    bench = RESULT.parents[1]
-    if str(bench) not in sys.path:
-        sys.path.insert(0, str(bench))  # the script imports ``common`` from there
-    spec = importlib.util.spec_from_file_location("bench_anomaly", bench / "anomaly.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_scripts.load("anomaly")
 
 
 def test_only_classes_filters_the_recipe_loaders_and_restores_them():

@@ -3,12 +3,11 @@
 the committed results (paired seeds, both settings, every family, a summary that the per-seed
 accuracies reproduce), and a tiny run of the script's core function."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
+import bench_scripts
 import numpy as np
 import pytest
 import torch
@@ -25,12 +24,7 @@ ARMS = {f"{s}/{f}" for s in ("few", "all") for f in FAMILIES}
 
 
 def _script():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))  # the script imports ``common`` from there
-    spec = importlib.util.spec_from_file_location("bench_augmentation", BENCH / "augmentation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_scripts.load("augmentation")
 
 
 # --------------------------------------------------------------------------- the interval

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bench_scripts
 import pytest
 import torch
 
@@ -26,23 +27,13 @@ INTERVALS = ("nll_nats", "bpd", "fid", "kid", "precision", "recall")
 EXACT = ("mixture", "rbm", "autoregressive", "energy")  # deterministic NLL (energy: fixed seed)
 
 
-def _benchmarks_on_path() -> None:
-    """The scripts run as ``python benchmarks/<name>.py`` and import ``common`` from there."""
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-
-
 def _run_module():
-    _benchmarks_on_path()
-    spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_scripts.load("run")
 
 
 @pytest.fixture(scope="module")
 def common():
-    _benchmarks_on_path()
+    bench_scripts.on_path()
     return importlib.import_module("common")
 
 
