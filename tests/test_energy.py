@@ -475,15 +475,17 @@ class _Well(torch.nn.Module):
 def test_model_langevin_in_logit_coordinates_samples_a_known_density_on_the_box():
     """A toy EnergyModel whose energy is replaced by a Gaussian well, E = ‖y − m‖²/(2 s²) in
     the box (−4, 4)²: its negatives (persistent chains, noise 1) reach N(m, s²) (8 s deep
-    inside the box, so the box does not truncate it)."""
+    inside the box, so the box does not truncate it). Unadjusted Langevin is biased by O(step):
+    at step 0.005 the std comes out 2-5% wide over seeds, at 0.0025 about half that, so the test
+    uses the smaller step, and seeds before the buffer is drawn (independent of test order)."""
     m, s = torch.tensor([1.0, -0.5]), 0.4
+    torch.manual_seed(0)
     model = en.EnergyModel(
-        en.EnergyConfig(data="toy", buffer_size=4000, langevin_steps=50, step_size=0.005,
+        en.EnergyConfig(data="toy", buffer_size=4000, langevin_steps=50, step_size=0.0025,
                         reinit=0.0)
     )  # fmt: skip
     model.net = _Well(m, s)
-    torch.manual_seed(0)
-    for _ in range(30):
+    for _ in range(60):
         neg = model.negatives(4000, update=True)
     torch.testing.assert_close(neg.mean(0), m, atol=0.03, rtol=0)
     torch.testing.assert_close(neg.std(0), torch.full((2,), s), atol=0.03, rtol=0)
