@@ -384,6 +384,23 @@ def _score_toy(ck, progress):
     return train_toy("ring8", checkpoint=ck, progress=progress)
 
 
+# "vqvae@60" is the autoencoder alone (its bound with a uniform prior over codes), "vqvae" the
+# two-stage model: the same autoencoder, frozen, with 40 epochs of a PixelCNN prior over its codes
+VQVAE_STAGES = (60, 100)
+
+
+def _vqvae(ck, progress):
+    from dgm_edu.vqvae import train_reference
+
+    return train_reference(checkpoint=ck, progress=progress)
+
+
+def _vqvae_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
+    from dgm_edu.vqvae import digits_figures
+
+    return digits_figures(model, full)
+
+
 BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 VAE_ARCH_SEEDS = (  # (entry, kind, seed)
     ("vae-seed1", "conv", 1),
@@ -485,6 +502,7 @@ RECIPES: dict[str, Recipe] = {
     },  # fmt: skip
     "energy-toy": Recipe(_energy_toy, _ring_figures, "08_energy_and_scores"),
     "score-toy": Recipe(_score_toy, _ring_figures, "08_energy_and_scores"),
+    "vqvae": Recipe(_vqvae, _vqvae_figures, "09_discrete_latents", stages=VQVAE_STAGES),
 }
 
 
