@@ -178,6 +178,16 @@ def test_committed_energy_ablation_seeds_cover_every_run_and_seed():
         assert set(row) - {"run", "seed", "train_seconds"} <= set(shipped)
 
 
+def _check_fid_by_n(row: dict, n: int) -> None:
+    """The FID-against-N curve: one FID per size up to N, the last the row's FID (same features,
+    all N samples), every one finite and positive."""
+    sizes = [str(m) for m in (50, 100, 200, 500, 1000) if m <= n]
+    assert list(row["fid_by_n"]) == sizes, (row["family"], row["fid_by_n"])
+    assert all(v > 0 and math.isfinite(v) for v in row["fid_by_n"].values()), row["family"]
+    if str(n) in row["fid_by_n"]:
+        assert row["fid_by_n"][str(n)] == pytest.approx(row["fid"], rel=1e-9), row["family"]
+
+
 def _check_table(result: dict, n: int, families: list[str]) -> dict:
     """The assertions every table shares; returns its rows by family."""
     assert result["num_samples"] == n and result["num_test"] == 447
@@ -196,7 +206,9 @@ def _check_table(result: dict, n: int, families: list[str]) -> dict:
         assert r["fid"] > result["fid_floor"]  # no model beats the data against itself here
         _check_intervals(r)
         assert r["conditional"] is False and r["sampler"]  # every row samples without labels
+        _check_fid_by_n(r, n)
     floor = result["floor"]
+    _check_fid_by_n(floor, n)
     assert floor["samples"] == n and floor["fid"] == result["fid_floor"]
     assert (
         floor["fid_low"] == result["fid_floor_low"]
