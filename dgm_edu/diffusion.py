@@ -80,7 +80,8 @@ SCHEDULES = {"linear": linear_schedule, "cosine": cosine_schedule}
 
 @dataclass
 class DiffusionConfig:
-    data: str = "digits"  # "digits" (8x8, U-Net) or "toy" (2D points, MLP)
+    data: str = "digits"  # "digits" (8x8, U-Net) or "toy" (points in R^dim, MLP)
+    dim: int = 2  # "toy" only: the dimension of the points (2 for the 2D toys, 16 for latents)
     schedule: str = "linear"  # "linear" or "cosine"
     T: int = 1000
     channels: int = 64  # U-Net width (digits) or MLP width (toy)
@@ -103,6 +104,12 @@ class DiffusionConfig:
             raise ValueError(f"weighting must be 'bound' or 'simple', got {self.weighting!r}")
         for name, low in (("T", 2), ("num_classes", 0), ("bound_samples", 1), ("proposal_bins", 1)):
             checks.integer(getattr(self, name), name, low=low)
+        checks.integer(self.dim, "dim", low=1)
+        if self.data == "digits" and self.dim != 2:
+            raise ValueError(
+                f"dim sets the points' dimension of data='toy'; data='digits' needs the "
+                f"default dim=2, got dim={self.dim}"
+            )
         if not 0 <= checks.real(self.p_uncond, "p_uncond") < 1:
             raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
 
@@ -111,10 +118,12 @@ class Denoiser(nn.Module):
     """What Diffusion and FlowMatching share: the network, the data space, labels and guidance.
 
     ``config.data="digits"``: a U-Net on the 8x8 digits only (levels in, validated; levels out);
-    ``"toy"``: an MLP on 2D points. Labels: a class-conditional model (``num_classes`` = K > 0)
-    takes classes in [0, K). Trained with label dropout (``p_uncond > 0``), ``y=None`` means p(x)
-    (the null label) everywhere; with ``p_uncond = 0`` it has no p(x) of its own, so ``loss`` and
-    ``log_prob`` need y and sampling stratifies the classes (:mod:`dgm_edu.checks`).
+    ``"toy"``: an MLP on points ``(B, dim)``, dim = ``config.dim`` (2 for the 2D toys, the
+    VAE's latent dimension for latent diffusion). Labels: a class-conditional model
+    (``num_classes`` = K > 0) takes classes in [0, K). Trained with label dropout
+    (``p_uncond > 0``), ``y=None`` means p(x) (the null label) everywhere; with ``p_uncond = 0``
+    it has no p(x) of its own, so ``loss`` and ``log_prob`` need y and sampling stratifies the
+    classes (:mod:`dgm_edu.checks`).
     """
 
     def __init__(self, config: DiffusionConfig, out_per_channel: int = 1) -> None:
@@ -124,13 +133,13 @@ class Denoiser(nn.Module):
             self.shape: tuple[int, ...] = IMAGE_SHAPE
             self.net: nn.Module = UNet(out_per_channel, c.channels, c.num_classes, c.dropout)
         else:  # "toy": the config refuses anything else
-            self.shape = (2,)
-            self.net = MLP(2, c.channels, c.num_classes)
+            self.shape = (c.dim,)  # points (B, dim)
+            self.net = MLP(c.dim, c.channels, c.num_classes)  # (B, dim) -> (B, dim)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:  # digits: levels 0..16 -> grid -1..1
         if self.config.data == "digits":
             return to_signed(validate_digits(x))
-        return checks.points(x, 2, "x").float()
+        return checks.points(x, self.config.dim, "x").float()  # (B, dim)
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor:  # digits: the nearest level, int64
         x = checks.finite(x, f"{type(self).__name__} samples")

@@ -17,8 +17,9 @@ gives one lower bound on log p(x) of the discrete digits, in nats, comparable wi
 
 The families are used through their public faces only: :class:`~dgm_edu.vae.VAE` (``encode``,
 ``decode``) and :class:`~dgm_edu.diffusion.Diffusion` (``q_sample``, ``predict``,
-``prior_term``, ``diffusion_term``). Chapter 7's point model takes 2D points, so the VAE has
-``latent_dim=2`` (the book's "vae-2d").
+``prior_term``, ``diffusion_term``). The VAE may have any ``latent_dim`` = D: the diffusion is
+chapter 7's point model on points of R^D, ``DiffusionConfig(data="toy", dim=D)`` (the book's
+reference VAE "vae" has D = 16, its "vae-2d" D = 2).
 
 - :func:`latent_diffusion_terms`, :func:`latent_diffusion_bound`: the bound, term by term.
 - :func:`encode_latents`, :func:`train_latent_diffusion`: the second stage's data and recipe.
@@ -26,6 +27,7 @@ The families are used through their public faces only: :class:`~dgm_edu.vae.VAE`
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,8 @@ def _check_pair(vae: VAE, diffusion: nn.Module) -> None:
     shape = tuple(getattr(diffusion, "shape", ()))
     if shape != (d,):
         raise ValueError(
-            f"diffusion must model points of the VAE's latent dimension ({d},), got {shape}"
+            f"diffusion must model points of the VAE's latent dimension ({d},), got {shape}: "
+            f"build it with DiffusionConfig(data='toy', dim={d})"
         )
 
 
@@ -114,13 +117,17 @@ def train_latent_diffusion(
     seed: int = 0,
 ) -> tuple[Diffusion, History]:
     """Fit chapter 7's point diffusion to the frozen VAE's latents of the train split (``draws``
-    per image), validated on the val split's; the toy recipe's optimiser and cosine schedule."""
-    _check_pair(vae, Diffusion(DiffusionConfig(data="toy", T=2)))
+    samples z ~ q(z | x) per image), validated on the val split's (one each); the toy recipe's
+    optimiser and cosine schedule. ``config`` defaults to ``DiffusionConfig(data="toy",
+    channels=128, dim=D)`` with D the VAE's ``latent_dim``; a given one must have ``dim=D``."""
+    d = vae.config.latent_dim
+    config = config or DiffusionConfig(data="toy", channels=128, dim=d)
+    _check_pair(vae, Diffusion(dataclasses.replace(config, T=2)))  # cheap: the shape only
     g = seed_everything(seed)
-    z_train = encode_latents(vae, load_digits("train")[0], draws, g)
-    z_val = encode_latents(vae, load_digits("val")[0], 1, g)
+    z_train = encode_latents(vae, load_digits("train")[0], draws, g)  # (draws N, D)
+    z_val = encode_latents(vae, load_digits("val")[0], 1, g)  # (N_val, D)
     seed_everything(seed)
-    model = Diffusion(config or DiffusionConfig(data="toy", channels=128))
+    model = Diffusion(config)
     hist = fit_toy(
         model, z_train, val=z_val, epochs=budget(fast=20, full=300) if epochs is None else epochs,
         batch_size=512, lr=3e-3, schedule="cosine", seed=seed, checkpoint=checkpoint,

@@ -459,11 +459,12 @@ def fit_toy(
     progress: bool = True,
     **fit_options: Any,
 ) -> History:
-    """Fit ``model`` to 2D toy points with :func:`fit`: every chapter's toy demonstration.
+    """Fit ``model`` to points with :func:`fit`: every chapter's toy demonstration.
 
-    ``data`` names a toy of :func:`dgm_edu.data.toy_2d` (``n`` points drawn with ``seed``), or is
-    an ``(N, 2)`` tensor of points. ``val`` adds validation points: a count drawn from the same
-    toy with ``seed + 1``, or a tensor. Give ``epochs`` or ``steps`` (optimizer steps, rounded up
+    ``data`` names a toy of :func:`dgm_edu.data.toy_2d` (``n`` 2D points drawn with ``seed``), or
+    is an ``(N, D)`` tensor of points (D = 2 for the toys, a latent dimension for latent codes).
+    ``val`` adds validation points: a count drawn from the same toy with ``seed + 1``, or a
+    tensor. Give ``epochs`` or ``steps`` (optimizer steps, rounded up
     to whole epochs of ⌈N / batch_size⌉ shuffled batches). ``optimizer`` defaults to
     ``Adam(model.parameters(), lr)``; pass a dict, one per player, for a GAN, or the same
     optimizers again to go on training in rounds. ``schedule="cosine"`` anneals the lr to 0 over
@@ -477,7 +478,7 @@ def fit_toy(
         points = data
     else:
         what = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
-        raise TypeError(f"data must be a toy name or an (N, 2) float tensor of points, got {what}")
+        raise TypeError(f"data must be a toy name or an (N, D) float tensor of points, got {what}")
     if isinstance(val, int) and not isinstance(val, bool):
         if not isinstance(data, str):
             raise TypeError(f"val must be a tensor of points when data is a tensor, got {val!r}")

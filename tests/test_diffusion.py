@@ -545,6 +545,8 @@ def test_configs_are_checked():
         (dict(data="toy", head="levels"), "head must be 'eps', or 'levels' for digits"),
         (dict(T=1), re.escape("T must be an int >= 2, got 1")),
         (dict(p_uncond=1.0), re.escape("p_uncond must lie in [0, 1), got 1.0")),
+        (dict(data="toy", dim=0), re.escape("dim must be an int >= 1, got 0")),
+        (dict(dim=16), "data='digits' needs the default dim=2, got dim=16"),
     ]:
         with pytest.raises(ValueError, match=message):
             DiffusionConfig(**kwargs)
@@ -592,3 +594,96 @@ def test_simple_weighting_is_the_unweighted_eps_error_at_uniform_t():
     assert model.bin_loss.eq(1).all()  # no running shares: the proposal is not used
     with pytest.raises(ValueError, match="weighting must be 'bound' or 'simple'"):
         DiffusionConfig(weighting="elbo")
+
+
+# --------------------------------------------------------------------------- points in R^d
+class GaussianOracle(nn.Module):
+    """The optimal eps-predictor for data x_0 ~ N(0, I_d): x_t ~ N(0, I) at every t, and
+    E[eps | x_t] = sqrt(1 - abar_t) x_t (eps and x_t: jointly Gaussian, Cov = sqrt(1 - abar_t))."""
+
+    def __init__(self, abar: torch.Tensor, T: int) -> None:
+        super().__init__()
+        self.abar, self.T = abar, T
+
+    def forward(self, x, t, y=None):
+        return (1 - self.abar[(t * self.T).round().long()]).sqrt()[:, None] * x  # (B, d)
+
+
+def test_a_d_dim_point_model_has_the_gaussian_bound_in_closed_form():
+    """dim=16: the width, KL(q(x_T | x_0) ‖ N(0, I)) against torch's d-dim Gaussian KL, and the
+    bound's terms with the optimal model on N(0, I_d) data against a hand computation."""
+    d, n = 16, 16384
+    torch.manual_seed(0)
+    model = Diffusion(DiffusionConfig(data="toy", dim=d, channels=16)).eval()  # untrained
+    assert model.net.layers[0].in_features == model.net.out.out_features == d
+    x0 = torch.randn(n, d)
+    # KL at T, one d-dim Gaussian (not a sum over coordinates by hand)
+    abT = linear_schedule(1000)[-1]
+    eye = torch.eye(d, dtype=torch.float64)
+    q_T = torch.distributions.MultivariateNormal(abT.sqrt() * x0[:5].double(), (1 - abT) * eye)
+    std = torch.distributions.MultivariateNormal(torch.zeros(d, dtype=torch.float64), eye)
+    kl = torch.distributions.kl_divergence(q_T, std)  # (5,)
+    torch.testing.assert_close(model.prior_term(x0[:5]).double(), kl, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"shape \(N, 16\), got \(4, 2\)"):
+        model.loss(torch.randn(4, 2))
+
+    # the optimal model on x_0 ~ N(0, I_d): every term's expectation in closed form, per dim,
+    #   E KL_T = -1/2 log(1 - abar_T);  E L_{t-1} = w_t E‖eps - sqrt(1 - abar_t) x_t‖² / d
+    #   = w_t abar_t;  E L_0 = 1/2 (log 2 pi beta_1 + 1), as xhat_0 = sqrt(abar_1) x_1 and
+    #   E (x_0 - sqrt(abar_1) x_1)² = 1 - abar_1 = beta_1
+    model.net = GaussianOracle(model.abar, 1000)
+    ab, w = linear_schedule(1000), model.w.double()
+    per_dim = (
+        -0.5 * (1 - ab[-1]).log()
+        + (w[2:] * ab[2:]).sum()
+        + 0.5 * (math.log(2 * math.pi * (1 - ab[1])) + 1)
+    )
+    u = (torch.arange(n) + torch.rand(n)) / n  # stratified over the importance proposal
+    t1 = torch.ones(n, dtype=torch.long)
+    with torch.no_grad():
+        x1 = model.q_sample(x0, t1, torch.randn_like(x0))
+        _, x0_hat = model.predict(x1, t1)
+        beta_1 = model.beta[1]
+        dec = 0.5 * (math.log(2 * math.pi) + beta_1.log() + (x0 - x0_hat) ** 2 / beta_1).sum(1)
+        bound = model.prior_term(x0) + model.diffusion_term(x0, u=u) + dec  # (n,), nats
+    se = bound.std().item() / math.sqrt(n)  # the stratified u only makes this conservative
+    assert abs(bound.mean().item() - d * per_dim.item()) < 4 * se  # 30.1 nats: 1.884 per dim
+    assert 4 * se < 0.05 * d * (w[2:] * ab[2:]).sum()  # sees a 5% error in the sum of L_{t-1}
+    # no model beats the entropy of N(0, I_d), 1/2 log(2 pi e) per dim; the fixed reverse
+    # variance beta~_t (optimal for a point mass, not for N(0, I)) costs this one 0.46 of it
+    assert 0.4 < per_dim - 0.5 * math.log(2 * math.pi * math.e) < 0.5
+
+    # DDIM (eta = 0) with the oracle is linear: x_s = (sqrt(abar_s abar_t) + sqrt((1 - abar_s)
+    # (1 - abar_t))) x_t, so the samples are x_T times the product over the steps
+    x_T = torch.randn(6, d)
+    times = torch.linspace(1000, 0, 11).round().long()
+    gain = torch.ones((), dtype=torch.float64)
+    for t, s in zip(times[:-1], times[1:]):
+        gain = gain * ((ab[s] * ab[t]).sqrt() + ((1 - ab[s]) * (1 - ab[t])).sqrt())
+    out = model.ddim_sample(6, steps=10, eta=0.0, x_T=x_T)
+    torch.testing.assert_close(out.double(), gain * x_T.double(), rtol=1e-4, atol=1e-5)
+    assert out.shape == (6, d) and model.sample(3).shape == (3, d)
+
+
+def test_flow_matching_takes_points_in_r_d():
+    # the shared Denoiser: the OT-path oracle velocity in R^5 carries every start to the point
+    fm = FlowMatching(DiffusionConfig(data="toy", dim=5), sigma_min=1e-3)
+    point = torch.arange(5.0) - 2
+
+    class Oracle(nn.Module):
+        def forward(self, x, t, y=None):
+            return (point - (1 - 1e-3) * x) / (1 - (1 - 1e-3) * t[:, None])
+
+    fm.net = Oracle()
+    fm.register_parameter("dummy", nn.Parameter(torch.zeros(1)))
+    torch.testing.assert_close(fm.sample(8, steps=20), point.expand(8, 5), atol=5e-3, rtol=0)
+    fm2 = FlowMatching(DiffusionConfig(data="toy", dim=5, channels=8))
+    x = torch.randn(4, 5)
+    torch.manual_seed(3)
+    got = fm2.loss(x)
+    torch.manual_seed(3)
+    eps, t = torch.randn(4, 5), torch.rand(4)
+    zt = (1 - (1 - 1e-3) * t[:, None]) * eps + t[:, None] * x
+    with torch.no_grad():
+        want = (fm2.net(zt, t, None) - (x - (1 - 1e-3) * eps)).pow(2).sum(1).mean()
+    torch.testing.assert_close(got.detach(), want)

@@ -821,7 +821,7 @@ def test_fit_toy_refuses_what_it_cannot_use():
     with pytest.raises(TypeError) as info:
         fit_toy(GaussianMixture(), torch.zeros(5), epochs=1, progress=False)
     assert (
-        str(info.value) == "data must be a toy name or an (N, 2) float tensor of points, got (5,)"
+        str(info.value) == "data must be a toy name or an (N, D) float tensor of points, got (5,)"
     )
     with pytest.raises(
         TypeError, match=r"val must be a tensor of points when data is a tensor, got 9"

@@ -19,6 +19,7 @@ from dgm_edu.latent_diffusion import (
     encode_latents,
     latent_diffusion_bound,
     latent_diffusion_terms,
+    train_latent_diffusion,
 )
 from dgm_edu.vae import VAE, VAEConfig, categorical_log_prob
 from dgm_edu.vqvae import (
@@ -257,10 +258,11 @@ def test_vqvae_loss_is_its_terms_and_configs_are_checked():
 
 
 # --------------------------------------------------------------------------- latent diffusion
-def test_the_latent_diffusion_bound_is_the_sum_of_its_parts():
+@pytest.mark.parametrize("d", [2, 16])  # the book's "vae-2d" and its reference "vae"
+def test_the_latent_diffusion_bound_is_the_sum_of_its_parts(d):
     torch.manual_seed(0)
-    vae = VAE(VAEConfig(latent_dim=2, channels=8)).eval()
-    diff = Diffusion(DiffusionConfig(data="toy", channels=16, T=20)).eval()
+    vae = VAE(VAEConfig(latent_dim=d, channels=8)).eval()
+    diff = Diffusion(DiffusionConfig(data="toy", channels=16, T=20, dim=d)).eval()
     x = X[:6]
     with torch.no_grad():
         torch.manual_seed(1)
@@ -299,10 +301,23 @@ def test_the_latent_diffusion_bound_is_the_sum_of_its_parts():
     g = torch.Generator().manual_seed(5)
     zs = encode_latents(vae, x, draws=3, generator=g)
     mu, logvar = vae.encode(x)
-    eps = torch.randn((3, 6, 2), generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(zs, (mu + (0.5 * logvar).exp() * eps).reshape(18, 2).detach())
-    with pytest.raises(ValueError, match=r"latent dimension \(16,\)"):
-        latent_diffusion_bound(VAE(VAEConfig(latent_dim=16, channels=8)), diff, x)
+    eps = torch.randn((3, 6, d), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(zs, (mu + (0.5 * logvar).exp() * eps).reshape(18, d).detach())
+    other = 18 - d  # a VAE of another latent dimension is refused, with the fix in the message
+    with pytest.raises(ValueError, match=rf"latent dimension \({other},\).*dim={other}"):
+        latent_diffusion_bound(VAE(VAEConfig(latent_dim=other, channels=8)), diff, x)
+
+
+def test_the_latent_recipe_builds_its_diffusion_in_the_vaes_latent_dimension():
+    # the default config follows the VAE's latent_dim; a config of another dim is refused
+    # before any training, with the fix in the message
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(latent_dim=16, channels=8)).eval()
+    with pytest.raises(ValueError, match=r"latent dimension \(16,\), got \(2,\).*dim=16"):
+        train_latent_diffusion(vae, config=DiffusionConfig(data="toy", T=20), epochs=1)
+    model, hist = train_latent_diffusion(vae, draws=1, epochs=1, progress=False)
+    assert model.config == DiffusionConfig(data="toy", channels=128, dim=16)
+    assert hist.epochs_run == 1 and math.isfinite(hist.val_loss[-1])
 
 
 # --------------------------------------------------------------------------- the recipe
