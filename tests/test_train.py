@@ -26,14 +26,7 @@ from dgm_edu.train import (
     save_checkpoint,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bit-identical comparisons need the same reduction order: one intra-op thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-identical resumes
 
 
 class MeanModel(nn.Module):

@@ -36,12 +36,7 @@ from dgm_edu.vqvae import (
 X, _ = load_digits("val")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-identical resumes
 
 
 def _rows_of(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
