@@ -33,7 +33,8 @@ from typing import Any
 import common
 
 FAMILIES = ("rbm", "vae", "gan", "autoregressive", "flows", "diffusion", "energy")
-SHIPPED = ("mixture", *FAMILIES)  # dgm_edu.weights.HEADLINE
+TWO_STAGE = ("vqvae", "latent-diffusion")  # chapter 9: built on other families' shipped weights
+SHIPPED = ("mixture", *FAMILIES, *TWO_STAGE)  # dgm_edu.weights.HEADLINE
 BASELINES = ("independent_pixels", "uniform")
 MODULES = {"mixture": "mixtures", "flows": "digit_flow"}  # family -> module, where they differ
 NO_LIKELIHOOD = "none: implicit model (no likelihood)"
@@ -95,6 +96,16 @@ def _nll_spec(family: str, model, log_z: float | None = None):
             f"variational bound, {model.config.bound_samples} stratified timesteps per image "
             "(unconditional; upper bound on the NLL)"
         )
+    if family == "vqvae":
+        return model.log_prob, (
+            "bound log p(x|z*) + log p(z*), deterministic encoder, PixelCNN prior over the codes "
+            "(exact, no sampling; upper bound on the NLL)"
+        )
+    if family == "latent-diffusion":
+        return model.log_prob, (
+            f"bound: the VAE's ELBO with the diffusion's bound on log p(z), {model.draws} draws "
+            "z ~ q(z|x) per image (upper bound on the NLL)"
+        )
     if family == "energy" and log_z is not None:
         import math
 
@@ -131,6 +142,11 @@ def _sampler(family: str, model):
         return lambda n: model.ddim_sample(n, steps=50, eta=0.0), (
             "DDIM 50 steps, eta 0, no label (the null label of classifier-free guidance, "
             "guidance 1): unconditional"
+        )
+    if family == "latent-diffusion":
+        return model.sample, (
+            f"z by DDIM {model.steps} steps, eta 0, in the VAE's latent space, then x ~ p(x|z): "
+            "unconditional"
         )
     return model.sample, "model.sample(n), no label: unconditional"
 
@@ -309,7 +325,12 @@ def obtain(family: str, args: argparse.Namespace) -> tuple[Any, float, dict[str,
 
         entry = weights.entry(family)
         shipped = {"weights": family, "sha256": entry["sha256"], "manifest": shipped_nll(entry)}
-        return weights.load(family, device="cpu"), entry["train_seconds"], shipped
+        model = weights.load(family, device="cpu")
+        if family == "latent-diffusion":  # the prior of the shipped VAE: the pair is the model
+            from dgm_edu.latent_diffusion import LatentDiffusion
+
+            model = LatentDiffusion(weights.load("vae", device="cpu"), model, draws=64, steps=50)
+        return model, entry["train_seconds"], shipped
     print(f"[{family}] training ...", flush=True)
     model, seconds, _ = train_family(family, args.seed)
     return model, seconds, {}

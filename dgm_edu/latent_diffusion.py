@@ -23,6 +23,9 @@ reference VAE "vae" has D = 16, its "vae-2d" D = 2).
 
 - :func:`latent_diffusion_terms`, :func:`latent_diffusion_bound`: the bound, term by term.
 - :func:`encode_latents`, :func:`train_latent_diffusion`: the second stage's data and recipe.
+- :func:`digits_figures`: the test bound of the pair, for the reference weights' manifest.
+- :class:`LatentDiffusion`: the pair with the library's face (``log_prob``, ``sample``), as the
+  benchmark scores it.
 """
 
 from __future__ import annotations
@@ -92,6 +95,38 @@ def latent_diffusion_bound(
     return total / draws
 
 
+class LatentDiffusion(nn.Module):
+    """A frozen VAE with a diffusion prior over its latents, wearing the families' face.
+
+    ``log_prob(x)``: the bound of the module doc, nats per image (B,), averaged over ``draws``
+    z ~ q(z | x); ``sample(n)``: z from the prior (DDIM with ``steps`` steps, or ancestral
+    sampling with ``steps=None``), then x ~ p(x | z). Both parts are taken as given (the
+    reference weights "vae" and "latent-diffusion"); nothing here trains them.
+    """
+
+    def __init__(self, vae: VAE, prior: Diffusion, draws: int = 16, steps: int | None = 50) -> None:
+        super().__init__()
+        _check_pair(vae, prior)
+        self.vae, self.prior = vae, prior
+        self.draws = checks.integer(draws, "draws", low=1)
+        self.steps = None if steps is None else checks.integer(steps, "steps", low=1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The lower bound on log p(x), (B,) nats, with ``self.draws`` draws per image."""
+        return latent_diffusion_bound(self.vae, self.prior, x, draws=self.draws)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """n digits (n, 1, 8, 8) int64: z from the diffusion prior, then x ~ p(x | z)."""
+        n = checks.count(n)
+        checks.labels(y, n, 0)
+        if self.steps is None:
+            z = self.prior.sample(n)  # ancestral, T steps
+        else:
+            z = self.prior.ddim_sample(n, steps=self.steps, eta=0.0)  # (n, D)
+        return self.vae.sample(n, z=z.float())
+
+
 @torch.no_grad()
 def encode_latents(
     vae: VAE, x: torch.Tensor, draws: int = 1, generator: torch.Generator | None = None
@@ -119,9 +154,10 @@ def train_latent_diffusion(
     """Fit chapter 7's point diffusion to the frozen VAE's latents of the train split (``draws``
     samples z ~ q(z | x) per image), validated on the val split's (one each); the toy recipe's
     optimiser and cosine schedule. ``config`` defaults to ``DiffusionConfig(data="toy",
-    channels=128, dim=D)`` with D the VAE's ``latent_dim``; a given one must have ``dim=D``."""
+    channels=96, dim=D)`` with D the VAE's ``latent_dim`` (width 128 gave the same test bound,
+    −93.1 to −93.4 nats, at 1.7x the bytes); a given one must have ``dim=D``."""
     d = vae.config.latent_dim
-    config = config or DiffusionConfig(data="toy", channels=128, dim=d)
+    config = config or DiffusionConfig(data="toy", channels=96, dim=d)
     _check_pair(vae, Diffusion(dataclasses.replace(config, T=2)))  # cheap: the shape only
     g = seed_everything(seed)
     z_train = encode_latents(vae, load_digits("train")[0], draws, g)  # (draws N, D)
@@ -134,3 +170,34 @@ def train_latent_diffusion(
         progress=progress, desc="latent-diffusion",
     )  # fmt: skip
     return model.eval(), hist
+
+
+@torch.no_grad()
+def digits_figures(vae: VAE, diffusion: Diffusion, full: bool = True) -> dict[str, Any]:
+    """Test figures of the pair (fixed seeds): ``test_nll_nats``, the bound with 64 draws
+    z ~ q(z | x) per image (only when ``full``), and ``check_nll_nats``, the same with 4 draws
+    (cheap: the test suite recomputes it); each beside the same VAE's ELBO with its N(0, I) prior
+    on the same number of draws (``*_gaussian_prior_nll_nats``), the comparison the prior is for.
+    One draw's diffusion term (one timestep) has a standard deviation of about 33 nats per image,
+    so 64 draws of the 447 test images put the mean's standard error near 0.2 nats."""
+    from dgm_edu.metrics import nats_to_bpd
+
+    x, _ = load_digits("test")
+    vae.eval(), diffusion.eval()
+    out: dict[str, Any] = {}
+    for key, draws in (("test", 64 if full else 0), ("check", 4)):
+        if not draws:
+            continue
+        seed_everything(0)
+        nll = -latent_diffusion_bound(vae, diffusion, x, draws=draws).double().mean().item()
+        seed_everything(0)
+        elbo = torch.stack([vae.elbo(x) for _ in range(draws)]).double().mean().item()
+        out[f"{key}_nll_nats"] = round(nll, 4)
+        out[f"{key}_gaussian_prior_nll_nats"] = round(-elbo, 4)
+    if full:
+        out["test_bpd"] = round(nats_to_bpd(out["test_nll_nats"]), 4)
+    out["estimator"] = (
+        "bound: the VAE's ELBO with the diffusion's bound on log p(z), 64 draws z ~ q(z|x) per "
+        "image (check: 4 draws); upper bound on the NLL"
+    )
+    return out

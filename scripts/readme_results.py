@@ -37,6 +37,8 @@ LABELS = {
     "flows": "Normalizing flow (ch. 6)",
     "diffusion": "Diffusion (ch. 7)",
     "energy": "Energy-based model (ch. 8)",
+    "vqvae": "VQ-VAE + PixelCNN prior (ch. 9)",
+    "latent-diffusion": "Latent diffusion: VAE + diffusion prior (ch. 9)",
     "independent_pixels": "Baseline: independent pixels",
     "uniform": "Baseline: uniform",
 }

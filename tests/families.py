@@ -6,8 +6,9 @@ config (the smallest row of its group); the library models that ship no weights 
 ``UNSHIPPED`` next to it. A family registered in ``weights.RECIPES`` and built with
 ``make weights`` is covered by every test that uses this module without editing it.
 
-A family's data kind is what its ``sample`` returns: digits (int64 ``(n, 1, 8, 8)``), 2D points
-(float ``(n, 2)``) or text ids (int64 ``(n, L)``); :func:`batch` gives a real batch of that kind.
+A family's data kind is what its ``sample`` returns: digits (int64 ``(n, 1, 8, 8)``), points
+(float ``(n, 2)``, or ``(n, D)`` for a latent prior) or text ids (int64 ``(n, L)``); :func:`batch`
+gives a real batch of that kind.
 Used by tests/test_contract.py, tests/test_properties.py and tests/test_mutants_*.py.
 """
 
@@ -43,10 +44,24 @@ UNSHIPPED: dict[str, Callable[[], nn.Module]] = {
     "mixtures.TrainingSetLookup": lambda: importlib.import_module(
         "dgm_edu.mixtures"
     ).TrainingSetLookup(load_digits("train")[0][torch.randperm(1000, device="cpu")[:64]]),
+    "latent_diffusion.LatentDiffusion": lambda: _small_latent_diffusion(),
 }
 
 # A model that has ``log_prob`` but documents that it refuses a data kind: (variant, message).
-LOG_PROB_REFUSED = {"Diffusion[toy]": "log_prob is defined for the discrete digits only"}
+LOG_PROB_REFUSED = {
+    variant: "log_prob is defined for the discrete digits only"
+    for variant in ("Diffusion[toy]", "Diffusion[toy,16d]")
+}
+
+
+def _small_latent_diffusion() -> nn.Module:
+    """Chapter 9's pair (its parts ship as "vae" and "latent-diffusion"), small."""
+    diffusion, latent, vae = (importlib.import_module(f"dgm_edu.{m}") for m in (
+        "diffusion", "latent_diffusion", "vae"))  # fmt: skip
+    prior = diffusion.Diffusion(diffusion.DiffusionConfig(data="toy", dim=4, channels=16, T=20))
+    return latent.LatentDiffusion(
+        vae.VAE(vae.VAEConfig(latent_dim=4, channels=8)), prior, draws=2, steps=5
+    )
 
 
 def _small_pixelcnn() -> nn.Module:
@@ -61,13 +76,16 @@ def _variant_key(row: dict[str, Any]) -> tuple:
     cats = tuple(
         sorted((k, str(v)) for k, v in cfg.items() if isinstance(v, str | bool | list | tuple))
     )
-    return (row["class"], cats, bool(cfg.get("num_classes")))
+    dim = cfg.get("dim") if cfg.get("data") == "toy" else None  # points in R^dim: a data kind
+    return (row["class"], cats, bool(cfg.get("num_classes")), dim)
 
 
 def _variant_name(row: dict[str, Any]) -> str:
     cls = row["class"].rsplit(".", 1)[1]
     cfg = row.get("config") or {}
     tags = [str(cfg[k]) for k in ("data", "kind", "dequantization") if k in cfg]
+    if cfg.get("data") == "toy" and cfg.get("dim", 2) != 2:
+        tags.append(f"{cfg['dim']}d")  # the latent prior of chapter 9: points in R^16
     if "data_shape" in cfg:
         tags.append("x".join(str(d) for d in cfg["data_shape"]))
     if cfg.get("num_classes"):
@@ -152,8 +170,8 @@ def _probe(variant: str) -> tuple[str, tuple[int, ...]] | str:
         return f"{variant}: sample(2) returned {type(s).__name__}, not a tensor"
     if s.dtype == torch.long and tuple(s.shape) == (2, *IMAGE_SHAPE):
         return "digits", IMAGE_SHAPE
-    if s.is_floating_point() and tuple(s.shape) == (2, 2):
-        return "points", (2,)
+    if s.is_floating_point() and s.dim() == 2 and s.shape[0] == 2:
+        return "points", tuple(s.shape[1:])  # (2,) for the 2D toys, (D,) for latents
     if s.dtype == torch.long and s.dim() == 2:
         return "ids", tuple(s.shape[1:])
     return (
@@ -185,8 +203,10 @@ def batch(variant: str, model: nn.Module, n: int = 4, device: str = "cpu") -> tu
     data = kind(variant)
     if data == "digits":
         x = VAL_X[:n]
-    elif data == "points":
+    elif data == "points" and PROBES[variant][1] == (2,):
         x = toy_2d("ring8", n, seed=1)
+    elif data == "points":  # points in R^D (a latent prior): standard normal draws
+        x = torch.randn(n, *PROBES[variant][1], generator=torch.Generator().manual_seed(1))
     else:
         x = _text_ids(n, PROBES[variant][1][0])
     out = (x, VAL_Y[:n]) if num_classes(model) else (x,)
@@ -205,7 +225,8 @@ def check_items(out: torch.Tensor, n: int, kind: str, model: nn.Module, what: st
         if n:
             assert 0 <= out.min() and out.max() <= LEVELS - 1, f"{what}: off the grid 0..16"
     elif kind == "points":
-        assert out.is_floating_point() and out.shape[1:] == (2,), (out.dtype, out.shape)
+        d = getattr(getattr(model, "config", None), "dim", 2)
+        assert out.is_floating_point() and out.shape[1:] == (d,), (out.dtype, out.shape)
         assert torch.isfinite(out).all(), f"{what}: non-finite points"
     else:
         assert out.dtype == torch.long and out.dim() == 2, (out.dtype, out.shape)

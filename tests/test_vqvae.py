@@ -311,7 +311,7 @@ def test_the_latent_recipe_builds_its_diffusion_in_the_vaes_latent_dimension():
     with pytest.raises(ValueError, match=r"latent dimension \(16,\), got \(2,\).*dim=16"):
         train_latent_diffusion(vae, config=DiffusionConfig(data="toy", T=20), epochs=1)
     model, hist = train_latent_diffusion(vae, draws=1, epochs=1, progress=False)
-    assert model.config == DiffusionConfig(data="toy", channels=128, dim=16)
+    assert model.config == DiffusionConfig(data="toy", channels=96, dim=16)
     assert hist.epochs_run == 1 and math.isfinite(hist.val_loss[-1])
 
 
@@ -371,3 +371,61 @@ def test_the_registry_entry_names_the_recipe_s_stages():
     rec = weights.recipe("vqvae")
     assert rec.stages == (FULL_EPOCHS[0], sum(FULL_EPOCHS))
     assert rec.chapter == "09_discrete_latents"
+
+
+def test_the_shipped_two_stage_models_reproduce_their_manifest_figures():
+    """The manifest's test figures of "vqvae" (deterministic) and "latent-diffusion" (fixed
+    seeds, 64 draws), measured again from the shipped weights; and the latent prior is fitted to
+    the shipped "vae": its bound must beat the same network at random initialisation."""
+    from dgm_edu import weights
+    from dgm_edu.latent_diffusion import digits_figures as latent_figures
+    from dgm_edu.vqvae import digits_figures
+
+    got = digits_figures(weights.load("vqvae"))
+    want = weights.entry("vqvae")["figures"]
+    for key in ("test_nll_nats", "test_distortion_nats", "test_rate_nats", "perplexity"):
+        assert got[key] == pytest.approx(want[key], abs=2e-3), key
+    vae, prior = weights.load("vae"), weights.load("latent-diffusion")
+    got = latent_figures(vae, prior)
+    want = weights.entry("latent-diffusion")["figures"]
+    assert got["test_nll_nats"] == pytest.approx(want["test_nll_nats"], abs=2e-3)
+    assert got["test_gaussian_prior_nll_nats"] == pytest.approx(
+        want["test_gaussian_prior_nll_nats"], abs=2e-3
+    )
+    # an independent check of the VAE half: the manifest's ELBO figure of "vae" is an IWAE-1000
+    # bound, which must lie below (better than) the ELBO with the same prior
+    assert weights.entry("vae")["figures"]["test_nll_nats"] < got["test_gaussian_prior_nll_nats"]
+    torch.manual_seed(0)
+    random_prior = Diffusion(prior.config).eval()
+    worse = latent_figures(vae, random_prior, full=False)
+    assert "test_nll_nats" not in worse and worse["check_nll_nats"] > got["test_nll_nats"] + 20
+
+
+def test_the_latent_diffusion_pair_wears_the_family_face():
+    """LatentDiffusion.log_prob is the bound averaged over its draws (same seed, same numbers),
+    sample draws z by the prior's DDIM (or ancestral) sampler and decodes them with the VAE."""
+    from dgm_edu.latent_diffusion import LatentDiffusion
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(latent_dim=3, channels=8)).eval()
+    prior = Diffusion(DiffusionConfig(data="toy", dim=3, channels=8, T=20)).eval()
+    pair = LatentDiffusion(vae, prior, draws=3, steps=5)
+    x = X[:6]
+    torch.manual_seed(1)
+    got = pair.log_prob(x)
+    torch.manual_seed(1)
+    want = latent_diffusion_bound(vae, prior, x, draws=3)
+    torch.testing.assert_close(got, want)
+    torch.manual_seed(2)
+    s = pair.sample(4)
+    torch.manual_seed(2)
+    z = prior.ddim_sample(4, steps=5, eta=0.0)
+    torch.testing.assert_close(s, vae.sample(4, z=z.float()))
+    torch.manual_seed(3)
+    s = LatentDiffusion(vae, prior, steps=None).sample(4)
+    torch.manual_seed(3)
+    torch.testing.assert_close(s, vae.sample(4, z=prior.sample(4).float()))
+    with pytest.raises(ValueError, match=r"latent dimension \(3,\)"):
+        LatentDiffusion(vae, Diffusion(DiffusionConfig(data="toy", channels=8, T=20)))
+    with pytest.raises(ValueError, match="draws"):
+        LatentDiffusion(vae, prior, draws=0)
