@@ -2,23 +2,25 @@
 
 # {solution grade_id: code}: a correct answer written differently -> must score full marks
 ALTERNATIVE: dict[str, str] = {
-    # 0-dim tensors, the rate counted cell by cell in nats and converted
+    # 0-dim tensors, the rates counted cell by cell in nats, bits converted
     "latent-ex1-solution": (
-        "rate_nats = sum(torch.log(torch.tensor(64.0)) for _ in range(4))\n"
-        "max_bits = rate_nats / math.log(2)\n"
-        "bound_nats = torch.tensor(-60.0) - rate_nats\n"
+        "rate_uniform = sum(torch.log(torch.tensor(64.0)) for _ in range(4))\n"
+        "max_bits = rate_uniform / math.log(2)\n"
+        "rate_learned = -torch.log(torch.tensor(1e-5, dtype=torch.float64))\n"
+        "gain_nats = (torch.tensor(-60.0) - rate_learned) - (torch.tensor(-60.0) - rate_uniform)\n"
     ),
-    # loops over the codes with boolean masks, the smoothing written as N_k + eps rescaled
+    # loops over the codes, the smoothing written as N_k + eps rescaled, float64 inside
     "latent-ex2-solution": (
-        "def ema_step(counts, sums, z, codes, gamma, eps):\n"
+        "def soft_ema_step(counts, sums, z, resp, gamma, eps):\n"
         "    K = counts.shape[0]\n"
-        "    n = torch.stack([(codes == k).sum() for k in range(K)]).to(counts.dtype)\n"
-        "    s = torch.stack([z[codes == k].sum(0) for k in range(K)])\n"
-        "    N = counts * gamma + n * (1 - gamma)\n"
-        "    m = sums * gamma + s * (1 - gamma)\n"
+        "    zd, rd = z.double(), resp.double()\n"
+        "    n = torch.stack([rd[:, k].sum() for k in range(K)])\n"
+        "    s = torch.stack([(rd[:, k : k + 1] * zd).sum(0) for k in range(K)])\n"
+        "    N = counts.double() * gamma + n * (1 - gamma)\n"
+        "    m = sums.double() * gamma + s * (1 - gamma)\n"
         "    S = N.sum()\n"
         "    Nt = S * (N + eps) / (S + K * eps)\n"
-        "    return N, m, m / Nt.unsqueeze(1)\n"
+        "    return N.to(z.dtype), m.to(z.dtype), (m / Nt.unsqueeze(1)).to(z.dtype)\n"
     ),
     # torch.cartesian_prod for the grids, one image at a time, float64 before the logsumexp
     "latent-ex4-solution": (
@@ -42,14 +44,15 @@ ALTERNATIVE: dict[str, str] = {
 # {solution grade_id: code}: a plausible wrong answer that PASSES the visible tests -> must lose
 # the hidden points of that exercise's test cells
 PLANTED: dict[str, str] = {
-    # bits and nats mixed up: the rate in nats reported as bits, the bound charged 24 "nats"
-    "latent-ex1-solution": ("max_bits = 4 * math.log(64)\nbound_nats = -60.0 - 24\n"),
+    # bits and nats mixed up: the rate in nats reported as bits, the learned rate in bits
+    "latent-ex1-solution": (
+        "max_bits = 4 * math.log(64)\ngain_nats = 4 * math.log(64) - 5 * math.log2(10)\n"
+    ),
     # no Laplace smoothing: e_k = m_k / N_k, right for used codes, 0 / 0 for a dead one
     "latent-ex2-solution": (
-        "def ema_step(counts, sums, z, codes, gamma, eps):\n"
-        "    onehot = torch.nn.functional.one_hot(codes, len(counts)).to(z.dtype)\n"
-        "    N = gamma * counts + (1 - gamma) * onehot.sum(0)\n"
-        "    m = gamma * sums + (1 - gamma) * onehot.T @ z\n"
+        "def soft_ema_step(counts, sums, z, resp, gamma, eps):\n"
+        "    N = gamma * counts + (1 - gamma) * resp.sum(0)\n"
+        "    m = gamma * sums + (1 - gamma) * resp.T @ z\n"
         "    return N, m, m / N[:, None]\n"
     ),
     # the best single grid (the MAP code) instead of the sum over grids: a tighter bound, not
