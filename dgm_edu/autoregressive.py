@@ -101,7 +101,7 @@ class PixelCNNConfig:
 
 
 class _PixelModel(nn.Module):
-    """The shared face: preprocessing, exact log_prob, loss and sequential sampling.
+    """The shared face: preprocessing, exact log_prob, loss, sequential sampling and completion.
 
     Subclasses define ``forward(h, y) -> logits`` with ``h`` the float image ``(N, 1, H, W)``
     and logits ``(N, L, H, W)``, where logits at pixel i may depend only on pixels before i.
@@ -157,25 +157,91 @@ class _PixelModel(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, n: int, *, y: torch.Tensor | int | None = None, temperature: float = 1.0
-    ) -> torch.Tensor:
+        self,
+        n: int,
+        *,
+        y: torch.Tensor | int | None = None,
+        temperature: float = 1.0,
+        return_path: bool = False,
+        every: int = 1,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Draw ``(n, 1, H, W)`` int64 images pixel by pixel (H*W forward passes).
 
         ``temperature`` (finite, > 0) divides the logits: < 1 sharpens every conditional, > 1
         flattens it. A conditional model given ``y=None`` samples p(x) with the classes
-        stratified, 0, 1, ..., K−1 in turn.
+        stratified, 0, 1, ..., K−1 in turn. ``return_path=True`` also returns the drawing as it
+        happens, one frame every ``every`` pixels, as :meth:`complete` does with ``given=0``.
         """
         c = self.config
         n, temperature = checks.count(n), checks.temperature(temperature)
+        every = checks.integer(every, "every", low=1)
         device = module_device(self)
         y = checks.labels(y, n, c.num_classes, device, stratify=True)
         x = torch.zeros(n, 1, c.height, c.width, dtype=torch.long, device=device)
-        for i in range(c.height * c.width):
+        return self._draw(x, 0, y, temperature, return_path, every)
+
+    @torch.no_grad()
+    def complete(
+        self,
+        x: torch.Tensor,
+        given: int,
+        *,
+        y: torch.Tensor | int | None = None,
+        temperature: float = 1.0,
+        return_path: bool = False,
+        every: int = 1,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Keep the first ``given`` pixels of the images ``x`` in raster order and draw the rest
+        pixel by pixel: ``(N, 1, H, W)`` int64 (``x`` itself is left unchanged).
+
+        The known pixels are a prefix of the order, so the drawn ones follow the model's exact
+        p(x_≥given | x_<given): ``given = H * W // 2`` (H even) draws the bottom half given the
+        top half. A conditional model needs ``y``. With ``return_path=True`` the result is
+        ``(images, path)``, ``path`` a float ``(F, N, 1, H, W)``: the images before any pixel is
+        drawn, after every ``every`` drawn pixels, and at the end, NaN at the pixels not drawn
+        yet (``dgm_edu.plots`` shows NaN blank). Frame k has the first
+        ``min(given + k * every, H * W)`` pixels filled; the last frame is the result.
+        """
+        c = self.config
+        temperature = checks.temperature(temperature)
+        every = checks.integer(every, "every", low=1)
+        given = checks.integer(given, "given", low=0, high=c.height * c.width)
+        device = module_device(self)
+        x = self._check(x).to(device).clone()  # (N, 1, H, W) int64, a copy drawn into
+        y = checks.labels(y, len(x), c.num_classes, device)
+        if c.num_classes > 0 and y is None:
+            raise ValueError("This model is class-conditional: pass labels y of shape (N,)")
+        return self._draw(x, given, y, temperature, return_path, every)
+
+    def _draw(
+        self,
+        x: torch.Tensor,
+        given: int,
+        y: torch.Tensor | None,
+        temperature: float,
+        return_path: bool,
+        every: int,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Draw pixels ``given``, ..., H*W − 1 of ``x`` in place, in raster order (checked args)."""
+        c = self.config
+        size = c.height * c.width
+        order = torch.arange(size, device=x.device).view(1, 1, c.height, c.width)  # raster index
+        path = []
+
+        def snapshot(known: int) -> None:  # the first `known` pixels filled, NaN after them
+            if return_path:
+                path.append(x.float().masked_fill(order >= known, float("nan")))
+
+        snapshot(given)
+        for i in range(given, size):
             r, col = divmod(i, c.width)
-            logits = self(self.preprocess(x), y)[:, :, r, col].float()  # (n, L)
+            logits = self(self.preprocess(x), y)[:, :, r, col].float()  # (N, L)
             probs = torch.softmax(logits / temperature, dim=-1)
             x[:, 0, r, col] = torch.multinomial(probs, 1).squeeze(1)
-        return checks.levels_out(x, c.levels)
+            if (i + 1 - given) % every == 0 or i + 1 == size:
+                snapshot(i + 1)
+        x = checks.levels_out(x, c.levels)
+        return (x, torch.stack(path)) if return_path else x
 
 
 def output_head(c: PixelCNNConfig, act: type[nn.Module]) -> nn.Sequential:

@@ -130,3 +130,181 @@ def interpolation_strip(
     steps = rows[0].shape[0]
     ax = _axes(ax, figsize=(steps * 0.6, len(rows) * 0.7))
     return image_grid(torch.cat(list(rows)), nrow=steps, ax=ax, title=title, vmax=vmax)
+
+
+def animate(
+    panels: dict[str, Sequence[torch.Tensor]],
+    *,
+    kind: str = "digits",
+    captions: Sequence[str] | None = None,
+    interval: int = 150,
+    nrow: int = 8,
+    lim: float = 3.0,
+    size: float = 2.6,
+    dpi: int = 72,
+    background: torch.Tensor | None = None,
+) -> object:
+    """An animation that plays offline in the notebook and on the site: ``IPython.display.HTML``
+    holding every frame as an embedded PNG and matplotlib's own player (``to_jshtml``: no video
+    codec, no download).
+
+    ``panels`` maps a title to its frames, drawn side by side, all of the same length: each frame
+    is a batch of digits ``(B, 1, 8, 8)`` in levels 0..16 (``kind="digits"``, shown as a grid of
+    ``nrow`` columns) or points ``(N, 2)`` (``kind="points"``, on ``[-lim, lim]^2``).
+    ``captions``: one line per frame under the panels (e.g. the step). The page weight is about
+    frames x panels x (size x dpi)^2 / 40 bytes: keep the frames few and small.
+    ``background``: points ``(M, 2)`` drawn in light grey under every points panel (e.g. the data).
+    """
+    from IPython.display import HTML
+
+    if kind not in ("digits", "points"):
+        raise ValueError(f"kind must be 'digits' or 'points', got {kind!r}")
+    if not isinstance(panels, dict) or not panels:
+        raise ValueError("panels must be a non-empty dict {title: frames}")
+    lengths = {len(frames) for frames in panels.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"every panel needs the same, non-zero number of frames, got {lengths}")
+    n = lengths.pop()
+    if captions is not None and len(captions) != n:
+        raise ValueError(f"captions must hold one line per frame ({n}), got {len(captions)}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.4), dpi=dpi)
+    axes = np.atleast_1d(axes)
+    artists = []
+    for ax, (title, frames) in zip(axes, panels.items()):
+        first = frames[0].detach().cpu()
+        if kind == "digits":
+            cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
+            artists.append(
+                ax.imshow(make_grid(first, nrow), cmap=cmap, vmin=0, vmax=LEVELS - 1,
+                          interpolation="nearest")
+            )  # fmt: skip
+            ax.set_axis_off()
+        else:
+            if background is not None:
+                under = background.detach().cpu()  # (M, 2), the same in every frame
+                ax.scatter(under[:, 0], under[:, 1], s=3, c="0.8", linewidths=0)
+            artists.append(ax.scatter(first[:, 0], first[:, 1], s=3, alpha=0.5))
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_aspect("equal")
+        ax.set_title(title, fontsize=9)
+    text = fig.suptitle(captions[0] if captions else "", fontsize=9, y=0.04)
+    fig.tight_layout()
+
+    def draw(i: int) -> list:
+        for artist, frames in zip(artists, panels.values()):
+            frame = frames[i].detach().cpu()
+            if kind == "digits":
+                artist.set_data(make_grid(frame, nrow))
+            else:
+                artist.set_offsets(frame.numpy())
+        if captions:
+            text.set_text(captions[i])
+        return [*artists, text]
+
+    return HTML(_player(fig, draw, n, interval))
+
+
+def _player(fig: plt.Figure, draw: Callable[[int], object], n: int, interval: int) -> str:
+    """matplotlib's own HTML player of ``n`` frames drawn by ``draw(i)`` on ``fig``, made offline;
+    ``fig`` is closed."""
+    from matplotlib import animation
+
+    anim = animation.FuncAnimation(fig, draw, frames=n, interval=interval, blit=False)
+    html = anim.to_jshtml(default_mode="once")
+    plt.close(fig)
+    return _offline(html)
+
+
+class Control:
+    """A slider in Jupyter, a pre-rendered player on the static site: see :func:`control`.
+
+    Its display carries both forms in one output: a notebook front end shows the live widget,
+    while the site (whose build ranks the widget form last, ``book/_config.yml``) shows the player,
+    whose frame slider steps through the same values."""
+
+    def __init__(self, widget: object, html: str) -> None:
+        self.widget, self.html = widget, html
+
+    def _repr_mimebundle_(self, **kwargs: object) -> dict:
+        bundle = self.widget._repr_mimebundle_(**kwargs)  # the widget-view (and its text form)
+        return {**bundle, "text/html": self.html}
+
+
+def control(
+    render: Callable[[plt.Figure, object], object],
+    values: Sequence[object],
+    *,
+    name: str,
+    start: object | None = None,
+    fmt: str = "{}",
+    figsize: tuple[float, float] = (6.0, 2.6),
+    dpi: int = 72,
+    interval: int = 700,
+) -> Control:
+    """An interactive control over one knob: ``render(fig, value)`` draws on an empty figure.
+
+    In Jupyter this is an ipywidgets slider over ``values`` (``start``, or the first, selected);
+    moving it draws the figure again. Widgets cannot run on the offline site, so the same output
+    also holds every value pre-rendered, one frame each, in matplotlib's player (see
+    :func:`animate`): every value, the two ends of the range included, is drawn once when the
+    control is made, so a callback that fails at any of them fails the cell.
+    """
+    import ipywidgets
+    from IPython.display import display
+
+    values = list(values)
+    if not callable(render):
+        raise TypeError(
+            f"render must be a function (fig, value) -> None, got {type(render).__name__}"
+        )
+    if not values:
+        raise ValueError("values must hold at least one setting of the control")
+    if start is not None and start not in values:
+        raise ValueError(f"start={start!r} is not one of the values {values}")
+    labels = [fmt.format(v) for v in values]
+
+    def draw_on(fig: plt.Figure, i: int) -> None:
+        fig.clear()
+        render(fig, values[i])
+        fig.suptitle(f"{name} = {labels[i]}", fontsize=9, y=0.02, va="bottom")
+
+    fig = plt.figure(figsize=figsize, dpi=dpi)
+    html = _player(fig, lambda i: draw_on(fig, i), len(values), interval)
+
+    out = ipywidgets.Output()
+
+    def show(index: int) -> None:
+        with out:
+            out.clear_output(wait=True)
+            live = plt.figure(figsize=figsize, dpi=dpi)
+            draw_on(live, index)
+            display(live)
+            plt.close(live)
+
+    slider = ipywidgets.SelectionSlider(
+        options=list(zip(labels, range(len(values)))),
+        value=values.index(start) if start is not None else 0,
+        description=name, continuous_update=False,
+    )  # fmt: skip
+    slider.observe(lambda change: show(change["new"]), names="value")
+    show(slider.value)
+    return Control(ipywidgets.VBox([slider, out]), html)
+
+
+# matplotlib's player draws its buttons with Font Awesome icons from a CDN: glyphs instead
+_GLYPHS = {"fa-minus": "−", "fa-fast-backward": "⏮", "fa-step-backward": "◁",
+           "fa-play fa-flip-horizontal": "◀", "fa-pause": "⏸", "fa-play": "▶",
+           "fa-step-forward": "▷", "fa-fast-forward": "⏭", "fa-plus": "+"}  # fmt: skip
+
+
+def _offline(html: str) -> str:
+    """The player without its one off-site request (the icon font): each icon becomes a glyph."""
+    import re
+
+    html = re.sub(r"<link[^>]*font-awesome[^>]*>", "", html)
+    for icon, glyph in _GLYPHS.items():
+        html = html.replace(f'<i class="fa {icon}"></i>', glyph)
+    if "http://" in html or "https://" in html or 'class="fa ' in html:
+        raise RuntimeError("the animation player still needs the network: matplotlib changed it")
+    return html

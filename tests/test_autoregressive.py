@@ -162,6 +162,85 @@ def test_sampling_matches_enumerated_distribution(cls, temperature):
         assert 0.5 * (freq - plain).abs().sum().item() > 0.08
 
 
+def _check_path(path, out, given, every):
+    """Frame k has exactly the first min(given + k * every, D) pixels filled, with the final
+    values (a drawn pixel never changes), NaN after them; the last frame is the result."""
+    d = out[0].numel()
+    assert path.shape == (1 + math.ceil((d - given) / every), *out.shape)
+    order = torch.arange(d).view(out.shape[1:])  # raster index of every pixel
+    for k, frame in enumerate(path):
+        filled = order < min(given + k * every, d)  # (1, H, W)
+        assert torch.equal(~frame.isnan(), filled.expand_as(out)), k
+        assert torch.equal(frame[:, filled], out[:, filled].float()), k
+    assert torch.equal(path[-1], out.float())
+
+
+@pytest.mark.parametrize("cls", PIXEL_MODELS)
+def test_sample_path_fills_the_raster_order_and_ends_at_the_sample(cls):
+    # catches: frames taken at the wrong pixels, a missing last frame, a path that draws anew
+    torch.manual_seed(0)
+    model = cls(PixelCNNConfig(channels=8, num_layers=2)).eval()
+    for every, temperature in [(3, 1.0), (2, 0.5), (64, 1.0)]:
+        torch.manual_seed(1)
+        plain = model.sample(3, temperature=temperature)
+        torch.manual_seed(1)  # the same draws: the path changes nothing about the sample
+        out, path = model.sample(3, temperature=temperature, return_path=True, every=every)
+        assert torch.equal(out, plain)
+        _check_path(path, out, 0, every)
+    with pytest.raises(ValueError, match="every must be an int >= 1, got 0"):
+        model.sample(2, return_path=True, every=0)
+
+
+@pytest.mark.parametrize("cls", PIXEL_MODELS)
+def test_complete_keeps_the_prefix_and_draws_the_rest(cls, digits):
+    # catches: known pixels redrawn or overwritten, the caller's tensor modified, a path that
+    # starts from a blank image, completion that differs from sampling after the prefix
+    torch.manual_seed(0)
+    model = cls(PixelCNNConfig(channels=8, num_layers=2)).eval()
+    x = digits[:4].clone()
+    torch.manual_seed(1)
+    out, path = model.complete(x, 32, return_path=True, every=5)
+    assert torch.equal(x, digits[:4])  # the input is not drawn into
+    assert torch.equal(out.flatten(1)[:, :32], x.flatten(1)[:, :32])  # the top half is kept
+    assert not torch.equal(out, x)  # and the bottom half is drawn
+    _check_path(path, out, 32, 5)
+    torch.manual_seed(1)
+    assert torch.equal(model.complete(x, 32), out)
+    torch.manual_seed(2)
+    drawn = model.sample(4)
+    torch.manual_seed(2)  # given = 0 is sampling, whatever x holds
+    assert torch.equal(model.complete(x, 0), drawn)
+    assert torch.equal(model.complete(x, 64), x)  # nothing left to draw
+    with pytest.raises(ValueError, match=re.escape("given must be an int in [0, 64], got 65")):
+        model.complete(x, 65)
+    cond = cls(PixelCNNConfig(channels=4, num_layers=1, num_classes=10))
+    with pytest.raises(ValueError, match="This model is class-conditional: pass labels y"):
+        cond.complete(x, 32)
+    assert cond.complete(x, 32, y=3).shape == x.shape
+
+
+@pytest.mark.parametrize("cls", PIXEL_MODELS)
+def test_completion_matches_the_enumerated_conditional(cls):
+    # catches: completion that ignores the known pixels, or conditions on stale ones
+    torch.manual_seed(2)
+    model = cls(PixelCNNConfig(height=2, width=2, levels=3, channels=8, num_layers=2)).eval()
+    with torch.no_grad():  # larger weights: conditionals that depend on the known pixels
+        for p in model.parameters():
+            p.mul_(2.0)
+    images = _all_images(2, 2, 3)  # (81, 1, 2, 2); image j has x_1, x_2 = j // 27, j // 9 % 3
+    with torch.no_grad():
+        joint = _tempered_probs(model, images, 1.0).double().view(9, 9)  # (prefix, rest)
+    conditional = joint / joint.sum(1, keepdim=True)  # p(x_3, x_4 | x_1, x_2)
+    n = 30_000
+    for prefix in [0, 8]:  # x_1, x_2 = (0, 0) and (2, 2)
+        start = images[prefix * 9].expand(n, 1, 2, 2)  # the prefix, then (0, 0)
+        rest = model.complete(start, 2).flatten(1)[:, 2:]  # (n, 2)
+        freq = torch.bincount(rest[:, 0] * 3 + rest[:, 1], minlength=9).double() / n
+        assert 0.5 * (freq - conditional[prefix]).abs().sum().item() < 0.04
+    # the two prefixes' conditionals differ, so the test can tell them apart
+    assert 0.5 * (conditional[0] - conditional[8]).abs().sum().item() > 0.1
+
+
 def test_log_prob_validates_input():
     model = GatedPixelCNN(PixelCNNConfig(channels=4, num_layers=1))
     with pytest.raises(ValueError):

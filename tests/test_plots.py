@@ -4,6 +4,7 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 import torch
 
 from dgm_edu import plots
@@ -39,3 +40,107 @@ def test_training_curves_and_scatter():
     ax = plots.scatter_2d(torch.tensor([[0.0, 1.0], [2.0, -1.0]]))
     np.testing.assert_array_equal(ax.collections[0].get_offsets(), [[0.0, 1.0], [2.0, -1.0]])
     plt.close("all")
+
+
+def _frames(html: str) -> list[str]:
+    """The embedded PNG frames of a to_jshtml player, in order."""
+    import re
+
+    found = re.findall(r'frames\[(\d+)\] = "data:image/png;base64,([^"]+)"', html)
+    return [png for _, png in sorted(found, key=lambda f: int(f[0]))]
+
+
+def test_animate_embeds_one_png_per_frame_and_plays_offline():
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(17, (16, 1, 8, 8), generator=gen) for _ in range(2))
+    panels = {"left": [a, a, b], "right": [b, b, a]}
+    html = plots.animate(panels, captions=["step 1", "step 1", "step 2"]).data
+    frames = _frames(html)
+    assert len(frames) == 3
+    assert frames[0] == frames[1] != frames[2]  # equal frames render equal, a change shows
+    assert 'title="Play"' in html and "http://" not in html and "https://" not in html
+    assert 'class="fa ' not in html  # no icon font to fetch: the buttons are glyphs
+    # points, one panel: the frame changes when the points move, not when they stay
+    p = torch.randn(50, 2, generator=gen)
+    frames = _frames(plots.animate({"points": [p, p, p + 1]}, kind="points").data)
+    assert len(frames) == 3 and frames[0] == frames[1] != frames[2]
+
+
+def test_animate_refuses_what_it_cannot_draw():
+    x = torch.zeros(4, 1, 8, 8, dtype=torch.long)
+    with pytest.raises(ValueError, match="same, non-zero number of frames"):
+        plots.animate({"a": [x, x], "b": [x]})
+    with pytest.raises(ValueError, match="one line per frame"):
+        plots.animate({"a": [x, x]}, captions=["only one"])
+    with pytest.raises(ValueError, match="kind must be 'digits' or 'points'"):
+        plots.animate({"a": [x]}, kind="video")
+    with pytest.raises(ValueError, match="non-empty dict"):
+        plots.animate({})
+
+
+def test_control_prerenders_every_value_and_carries_the_live_slider():
+    drawn = []
+
+    def render(fig, t):  # x^t on [0, 1]: each value draws a different curve
+        drawn.append(t)
+        ax = fig.add_subplot()
+        x = np.linspace(0, 1, 50)
+        ax.plot(x, x**t)
+
+    ctl = plots.control(render, [0.5, 1, 2, 4], name="power", start=2)
+    assert {0.5, 4} <= set(drawn)  # both ends of the range were drawn (a failing end fails here)
+    frames = _frames(ctl.html)
+    assert len(frames) == 4 and len(set(frames)) == 4  # one distinct frame per value
+    assert "http://" not in ctl.html and "https://" not in ctl.html
+    bundle = ctl._repr_mimebundle_()
+    assert bundle["text/html"] == ctl.html  # the site's form, in the same output as the widget
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    slider = ctl.widget.children[0]
+    assert slider.value == 2 and slider.label == "2"  # start selects its value
+    drawn.clear()
+    slider.value = 3  # moving the slider (to the last value) draws the figure again
+    assert drawn == [4]
+
+
+def test_control_refuses_what_it_cannot_show():
+    with pytest.raises(ValueError, match="at least one"):
+        plots.control(lambda fig, v: None, [], name="t")
+    with pytest.raises(ValueError, match="not one of the values"):
+        plots.control(lambda fig, v: None, [1, 2], name="t", start=3)
+    with pytest.raises(TypeError, match="render must be a function"):
+        plots.control("not a function", [1], name="t")
+
+
+def test_animate_draws_the_background_in_grey_under_every_points_frame():
+    import base64
+    import io
+
+    gen = torch.Generator().manual_seed(0)
+    p = 0.3 * torch.randn(50, 2, generator=gen) - 1.5  # the points, lower left
+    ring = 0.3 * torch.randn(200, 2, generator=gen) + 1.5  # the background, upper right
+    frames = {"points": [p, p + 0.5, p]}
+
+    def pixels(html: str) -> list[np.ndarray]:  # each frame as (H, W, 3) floats in [0, 1]
+        pngs = [io.BytesIO(base64.b64decode(f)) for f in _frames(html)]
+        return [plt.imread(png, format="png")[..., :3] for png in pngs]
+
+    plain = pixels(plots.animate(frames, kind="points").data)
+    under = pixels(plots.animate(frames, kind="points", background=ring).data)
+    assert len(plain) == len(under) == 3
+    for a, b in zip(plain, under):  # every frame: the background adds grey pixels, upper right
+        changed = np.abs(a - b).max(-1) > 0.05  # (H, W)
+        rows, cols = np.nonzero(changed)
+        assert len(rows) > 20
+        assert rows.mean() < a.shape[0] / 2 and cols.mean() > a.shape[1] / 2
+        grey = b[changed]  # (K, 3): equal channels, lighter than the black text and axes
+        assert np.ptp(grey, axis=1).max() < 0.02 and 0.6 < grey.mean() < 0.95
+
+
+def test_control_fails_its_cell_when_an_end_of_the_range_fails():
+    def render(fig, t):  # breaks only at the last value of the range
+        if t == 3:
+            raise ZeroDivisionError("the end of the range")
+        fig.add_subplot().plot([0, 1], [0, t])
+
+    with pytest.raises(ZeroDivisionError, match="end of the range"):
+        plots.control(render, [1, 2, 3], name="t")

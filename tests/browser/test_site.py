@@ -158,3 +158,63 @@ def test_search_finds_the_page(page, browser, base_url):
     assert any(urlparse(h).path.endswith(page) for h in links), (
         f"searching for {word!r} (only on {page}) returned {links[:5]}"
     )
+
+
+# --------------------------------------------------------------------------- animations, weight
+PAGE_BUDGET = 2_000_000  # bytes a chapter page may weigh: its HTML and the images it loads
+ANIMATED = [p for p in PAGES if 'class="animation"' in (SITE / p).read_text(encoding="utf-8")]
+
+
+def _weight(page: str) -> int:
+    """The bytes a reader downloads for a page: its HTML and its local images (the theme's shared
+    CSS and JavaScript are cached across pages and left out)."""
+    soup = BeautifulSoup((SITE / page).read_text(encoding="utf-8"), "html.parser")
+    total = (SITE / page).stat().st_size
+    for img in soup.find_all("img", src=True):
+        if not urlparse(img["src"]).scheme:
+            path = ((SITE / page).parent / unquote(img["src"])).resolve()
+            total += path.stat().st_size if path.exists() else 0
+    return total
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.startswith("chapters/")])
+def test_chapter_pages_stay_within_the_weight_budget(page):
+    weight = _weight(page)
+    assert weight <= PAGE_BUDGET, f"{page} weighs {weight / 1e6:.2f} MB, budget 2 MB"
+
+
+def test_the_book_has_animations():
+    assert "chapters/07_diffusion.html" in ANIMATED, ANIMATED
+
+
+@pytest.mark.parametrize("page", ANIMATED)
+def test_every_animation_plays_offline(page, browser, base_url):
+    """Press play on each animation of the page: its frame changes, and nothing is fetched from
+    off the machine (matplotlib's player embeds every frame; its icon font is replaced)."""
+    tab = browser.new_page()
+    offsite: list[str] = []
+
+    def route(r):
+        if urlparse(r.request.url).hostname == "127.0.0.1":
+            r.continue_()
+        else:
+            offsite.append(r.request.url)
+            r.abort()
+
+    tab.route("**/*", route)
+    tab.goto(urljoin(base_url, page), wait_until="load")
+    players = tab.locator("div.animation")
+    assert players.count() > 0
+    for i in range(players.count()):
+        player = players.nth(i)
+        player.scroll_into_view_if_needed()
+        img = player.locator("img").first
+        before = img.get_attribute("src")
+        assert before and before.startswith("data:image/png"), f"{page}: no first frame"
+        player.locator('button[title="Play"]').click()
+        tab.wait_for_function(
+            "([el, src]) => el.getAttribute('src') !== src", arg=[img.element_handle(), before],
+            timeout=10_000,
+        )  # fmt: skip
+    tab.close()
+    assert not offsite, f"{page} reached off the site: {offsite[:5]}"
