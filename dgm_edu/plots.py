@@ -187,6 +187,8 @@ def animate(
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
             ax.set_aspect("equal")
+            ax.set_xticks([])  # the frame is [-lim, lim]^2: tick labels would only weigh the page
+            ax.set_yticks([])
         ax.set_title(title, fontsize=9)
     text = fig.suptitle(captions[0] if captions else "", fontsize=9, y=0.04)
     fig.tight_layout()
