@@ -221,3 +221,23 @@ def test_every_animation_plays_offline(page, browser, base_url):
         )  # fmt: skip
     tab.close()
     assert not offsite, f"{page} reached off the site: {offsite[:5]}"
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.startswith("chapters/")])
+def test_no_page_shows_a_dead_widget(page):
+    """A slider (plots.control) shows its pre-rendered player on the site: no widget view, no
+    saved widget state, no widget's text form."""
+    html = (SITE / page).read_text(encoding="utf-8")
+    for dead in ("application/vnd.jupyter.widget-view+json",
+                 "application/vnd.jupyter.widget-state+json", "VBox(children="):  # fmt: skip
+        assert dead not in html, f"{page} carries {dead}"
+
+
+def test_every_slider_has_its_player_on_the_site():
+    """Each plots.control of a chapter is one more player on its page than its plots.animate
+    calls: the sliders fell back to their pre-rendered frames."""
+    for page in ANIMATED + [p for p in PAGES if p.startswith("chapters/") and p not in ANIMATED]:
+        source = (ROOT / "chapters" / Path(page).with_suffix(".md").name).read_text()
+        calls = source.count("plots.control(") + source.count("plots.animate(")
+        players = (SITE / page).read_text(encoding="utf-8").count('class="animation"')
+        assert players == calls, f"{page}: {players} players for {calls} animations and sliders"
