@@ -46,8 +46,7 @@ def image_grid(
 ) -> Axes:
     """Show a batch of 8x8 digits (levels 0..16 by default; pass ``vmax=1`` for [0,1])."""
     ax = _axes(ax)
-    cmap = plt.get_cmap("gray_r").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")  # NaN (not drawn yet): white
     ax.imshow(make_grid(images, nrow), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
     ax.set_axis_off()
     if title:

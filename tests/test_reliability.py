@@ -299,14 +299,16 @@ from dgm_edu.train import fit
 
 data, ckpt = torch.load(sys.argv[1]), sys.argv[2]
 
-class SlowLoader:  # sleeps between batches so that the parent can kill us part-way
+class SlowLoader:  # holds in the middle of epoch 2 until the parent's signal: no race with it
     def __init__(self, loader):
-        self.loader = loader
+        self.loader, self.epoch = loader, 0
     def __len__(self):
         return len(self.loader)
     def __iter__(self):
-        for batch in self.loader:
-            time.sleep(0.2)  # an epoch takes >= 2 s: the kill lands mid-run even on a busy machine
+        self.epoch += 1
+        for i, batch in enumerate(self.loader):
+            while self.epoch >= 2 and i == 3:  # epoch 1 is checkpointed; the kill lands here
+                time.sleep(0.05)
             yield batch
 
 torch.manual_seed(0)
@@ -356,10 +358,9 @@ def test_resume_after_a_real_kill_is_bit_identical(tmp_path, sig):
     while not ckpt.with_suffix(".json").exists():  # wait for the first checkpoint
         assert child.poll() is None and time.monotonic() < deadline, "child ended early"
         time.sleep(0.02)
-    time.sleep(0.2)  # then kill it in the middle of a later epoch
-    child.send_signal(sig)
+    child.send_signal(sig)  # the child is in epoch 2, or holding in its middle
     out, err = child.communicate(timeout=60)
-    assert child.returncode != 0 and b"finished" not in out, "the child finished before the kill"
+    assert child.returncode != 0 and b"finished" not in out, (out, err[-2000:])
     if sig == signal.SIGINT:
         assert b"KeyboardInterrupt" in err
     done = load_checkpoint(ckpt)["epoch"]
