@@ -6,6 +6,7 @@ chapters can compose figures with ``plt.subplots``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -15,6 +16,8 @@ from einops import rearrange
 from matplotlib.axes import Axes
 
 from dgm_edu.data import LEVELS
+
+UNDRAWN = "#cfe0f0"  # pale blue: a pixel that is NaN (not drawn yet), unlike white (level 0)
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (4, 4)) -> Axes:
@@ -46,7 +49,7 @@ def image_grid(
 ) -> Axes:
     """Show a batch of 8x8 digits (levels 0..16 by default; pass ``vmax=1`` for [0,1])."""
     ax = _axes(ax)
-    cmap = plt.get_cmap("gray_r").with_extremes(bad="white")  # NaN (not drawn yet): white
+    cmap = plt.get_cmap("gray_r").with_extremes(bad=UNDRAWN)  # NaN: not drawn yet
     ax.imshow(make_grid(images, nrow), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
     ax.set_axis_off()
     if title:
@@ -172,7 +175,7 @@ def animate(
     for ax, (title, frames) in zip(axes, panels.items()):
         first = frames[0].detach().cpu()
         if kind == "digits":
-            cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
+            cmap = plt.get_cmap("gray_r").with_extremes(bad=UNDRAWN)  # NaN: not drawn yet
             artists.append(
                 ax.imshow(make_grid(first, nrow), cmap=cmap, vmin=0, vmax=LEVELS - 1,
                           interpolation="nearest")
@@ -189,7 +192,9 @@ def animate(
             ax.set_xticks([])  # the frame is [-lim, lim]^2: tick labels would only weigh the page
             ax.set_yticks([])
         ax.set_title(title, fontsize=9)
-    text = fig.suptitle(captions[0] if captions else "", fontsize=9, y=0.04)
+    text = fig.text(
+        0.5, 0.01, captions[0] if captions else "", fontsize=9, ha="center", va="bottom"
+    )
     fig.tight_layout()
 
     def draw(i: int) -> list:
@@ -206,14 +211,32 @@ def animate(
     return HTML(_player(fig, draw, n, interval))
 
 
-def _player(fig: plt.Figure, draw: Callable[[int], object], n: int, interval: int) -> str:
-    """matplotlib's own HTML player of ``n`` frames drawn by ``draw(i)`` on ``fig``, made offline;
-    ``fig`` is closed."""
+def _player(
+    fig: plt.Figure,
+    draw: Callable[[int], object],
+    n: int,
+    interval: int,
+    first: int = 0,
+    mode: str = "once",
+) -> str:
+    """matplotlib's own HTML player of ``n`` frames drawn by ``draw(i)`` on ``fig``, made offline,
+    showing frame ``first`` when the page opens and playing ``mode`` ("once", or "loop": play
+    from the last frame starts again at the first); ``fig`` is closed, also when ``draw`` fails."""
+    import re
+
     from matplotlib import animation
 
-    anim = animation.FuncAnimation(fig, draw, frames=n, interval=interval, blit=False)
-    html = anim.to_jshtml(default_mode="once")
-    plt.close(fig)
+    try:
+        anim = animation.FuncAnimation(fig, draw, frames=n, interval=interval, blit=False)
+        html = anim.to_jshtml(default_mode=mode)
+    finally:
+        plt.close(fig)
+    if first:  # the player opens at frame 0: move it once it exists
+        html, found = re.subn(
+            r"(anim\w+) = new Animation\([^;]*\);", rf"\g<0>\n\1.set_frame({first});", html
+        )
+        if found != 1:
+            raise RuntimeError("cannot set the player's first frame: matplotlib changed it")
     return _offline(html)
 
 
@@ -222,7 +245,8 @@ class Control:
 
     Its display carries both forms in one output: a notebook front end shows the live widget,
     while the site (whose build ranks the widget form last, ``book/_config.yml``) shows the player,
-    whose frame slider steps through the same values."""
+    whose frame slider steps through the same values. The site's build removes the widget form
+    (``book/_config.yml``), and ``book/_ext/site_fixes.py`` drops the saved widget state."""
 
     def __init__(self, widget: object, html: str) -> None:
         self.widget, self.html = widget, html
@@ -248,8 +272,10 @@ def control(
     In Jupyter this is an ipywidgets slider over ``values`` (``start``, or the first, selected);
     moving it draws the figure again. Widgets cannot run on the offline site, so the same output
     also holds every value pre-rendered, one frame each, in matplotlib's player (see
-    :func:`animate`): every value, the two ends of the range included, is drawn once when the
-    control is made, so a callback that fails at any of them fails the cell.
+    :func:`animate`), opening at ``start``: every value, the two ends of the range included, is
+    drawn once when the control is made, so a callback that fails at any of them fails the cell,
+    and so does one that draws nothing on ``fig`` (e.g. a plot helper called without ``ax=``).
+    Numeric values match ``start`` up to rounding; two values with the same label are refused.
     """
     import ipywidgets
     from IPython.display import display
@@ -261,17 +287,28 @@ def control(
         )
     if not values:
         raise ValueError("values must hold at least one setting of the control")
-    if start is not None and start not in values:
-        raise ValueError(f"start={start!r} is not one of the values {values}")
     labels = [fmt.format(v) for v in values]
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"two values share a label with fmt={fmt!r}: {labels}")
+    first = 0 if start is None else _index_of(start, values)
 
     def draw_on(fig: plt.Figure, i: int) -> None:
         fig.clear()
+        before = set(plt.get_fignums())
         render(fig, values[i])
-        fig.suptitle(f"{name} = {labels[i]}", fontsize=9, y=0.02, va="bottom")
+        stray = set(plt.get_fignums()) - before
+        for number in stray:
+            plt.close(number)
+        if stray or not fig.axes:
+            raise ValueError(
+                f"render(fig, {labels[i]}) must draw on the figure it is given (e.g. "
+                f"ax = fig.add_subplot()); it drew {'on a new figure' if stray else 'nothing'}"
+            )
+        fig.text(0.5, 0.01, f"{name} = {labels[i]}", fontsize=9, ha="center", va="bottom")
 
     fig = plt.figure(figsize=figsize, dpi=dpi)
-    html = _player(fig, lambda i: draw_on(fig, i), len(values), interval)
+    # "loop": a control may open on its last value, where playing "once" would not move
+    html = _player(fig, lambda i: draw_on(fig, i), len(values), interval, first=first, mode="loop")
 
     out = ipywidgets.Output()
 
@@ -279,18 +316,31 @@ def control(
         with out:
             out.clear_output(wait=True)
             live = plt.figure(figsize=figsize, dpi=dpi)
-            draw_on(live, index)
-            display(live)
-            plt.close(live)
+            try:
+                draw_on(live, index)
+                display(live)
+            finally:
+                plt.close(live)
 
     slider = ipywidgets.SelectionSlider(
         options=list(zip(labels, range(len(values)))),
-        value=values.index(start) if start is not None else 0,
+        value=first,
         description=name, continuous_update=False,
     )  # fmt: skip
     slider.observe(lambda change: show(change["new"]), names="value")
     show(slider.value)
     return Control(ipywidgets.VBox([slider, out]), html)
+
+
+def _index_of(start: object, values: list) -> int:
+    """Where ``start`` is among ``values``: numbers match up to rounding (``np.linspace``)."""
+    for i, v in enumerate(values):
+        if isinstance(v, (int, float)) and isinstance(start, (int, float)):
+            if math.isclose(v, start, rel_tol=1e-9, abs_tol=1e-12):
+                return i
+        elif v is start or (type(v) is type(start) and not hasattr(v, "shape") and v == start):
+            return i
+    raise ValueError(f"start={start!r} is not one of the values {values}")
 
 
 # matplotlib's player draws its buttons with Font Awesome icons from a CDN: glyphs instead

@@ -3,6 +3,7 @@ cell, and that cell installs nothing where the library is already importable (he
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 import subprocess
@@ -39,6 +40,7 @@ def test_first_cell_is_the_install_guard(chapter):
 def _run_guard(monkeypatch, *, present: bool) -> list[list[str]]:
     calls: list[list[str]] = []
     monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(list(args)))
+    monkeypatch.setattr(importlib, "invalidate_caches", lambda: calls.append(["invalidate"]))
     if not present:
         real = importlib.util.find_spec
         monkeypatch.setattr(
@@ -55,7 +57,7 @@ def test_guard_installs_nothing_where_the_library_imports(monkeypatch):
 
 def test_guard_installs_the_library_where_it_is_missing(monkeypatch):
     calls = _run_guard(monkeypatch, present=False)
-    assert calls == [[sys.executable, "-m", "pip", "install", "-q", INSTALL]]
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", INSTALL], ["invalidate"]]
 
 
 def test_the_notebook_extra_holds_what_chapters_import_beyond_the_library():

@@ -1,6 +1,7 @@
 """Plots: the grid layout is checked pixel by pixel; the figure helpers draw what they are given."""
 
 import math
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -144,3 +145,46 @@ def test_control_fails_its_cell_when_an_end_of_the_range_fails():
 
     with pytest.raises(ZeroDivisionError, match="end of the range"):
         plots.control(render, [1, 2, 3], name="t")
+
+
+def test_control_opens_the_site_player_at_start():
+    def render(fig, t):
+        fig.add_subplot().plot([0, 1], [0, t])
+
+    values = list(np.linspace(0.0, 1.0, 11))  # computed floats: start matches up to rounding
+    ctl = plots.control(render, values, name="t", start=0.3, fmt="{:.1f}")
+    assert re.search(r"anim\w+ = new Animation\([^;]*\);\s*anim\w+\.set_frame\(3\);", ctl.html)
+    assert ctl.widget.children[0].value == 3  # the live slider starts there too
+    assert re.search(r'value="loop"[^>]*checked', ctl.html)  # playing from the last value moves
+    plain = plots.control(render, values[:3], name="t", fmt="{:.1f}")  # no start: frame 0
+    assert "set_frame(" not in plain.html.split("new Animation")[1].split("</script>")[0]
+    with pytest.raises(ValueError, match="share a label"):
+        plots.control(render, [1.2, 1.4], name="t", fmt="{:.0f}")
+
+
+def test_control_refuses_a_render_that_misses_its_figure_and_leaks_nothing():
+    open_before = plt.get_fignums()
+    with pytest.raises(ValueError, match="drew nothing"):
+        plots.control(lambda fig, v: None, [1, 2], name="t")
+    with pytest.raises(ValueError, match="on a new figure"):  # a helper called without ax=
+        plots.control(lambda fig, v: plots.image_grid(torch.zeros(4, 1, 8, 8)), [1], name="t")
+    assert plt.get_fignums() == open_before  # every figure it opened is closed
+
+
+def _png(b64: str) -> np.ndarray:
+    import base64
+    import io
+
+    return plt.imread(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_undrawn_pixels_differ_from_white_and_captions_are_drawn():
+    blank = torch.zeros(1, 1, 8, 8)
+    undrawn = torch.full((1, 1, 8, 8), float("nan"))
+    frames = _frames(plots.animate({"x": [blank, undrawn, undrawn]}, captions=["a", "a", "b"]).data)
+    assert frames[0] != frames[1]  # NaN (not drawn yet) is not level 0
+    assert frames[1] != frames[2]  # only the caption differs: it is drawn inside the frame
+    pixels = _png(frames[1])
+    assert np.any(
+        np.all(np.isclose(pixels[..., :3], [0xCF / 255, 0xE0 / 255, 0xF0 / 255], atol=0.02), -1)
+    )

@@ -291,7 +291,10 @@ def test_pickle_payload_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------- interrupts
 CHILD = """
-import sys, time, torch
+import signal, sys, time, torch
+# Ctrl-C as in a terminal: a child of a background job (e.g. CI under `nohup ... &`) inherits
+# SIGINT ignored, and Python then never raises KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 torch.set_num_threads(1)
 from dgm_edu.data import make_loader
 from dgm_edu.mixtures import PixelMixture, PixelMixtureConfig
