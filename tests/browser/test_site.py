@@ -58,13 +58,9 @@ def test_the_site_has_every_page():
         assert f"{name}.html" in PAGES, f"{name} is in the toc but was not built"
 
 
-@pytest.mark.parametrize("page", PAGES)
-def test_page_loads_cleanly(page, browser, base_url):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = ctx.new_page()
-    errors: list[str] = []
-    failed: list[str] = []
-    offsite: list[str] = []
+def _local_only(offsite: list[str]):
+    """A route handler that lets requests to this machine through and aborts (and records in
+    ``offsite``) every other one."""
 
     def route(r):
         if urlparse(r.request.url).hostname == "127.0.0.1":
@@ -73,7 +69,18 @@ def test_page_loads_cleanly(page, browser, base_url):
             offsite.append(r.request.url)
             r.abort()
 
-    tab.route("**/*", route)
+    return route
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_loads_cleanly(page, browser, base_url):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = ctx.new_page()
+    errors: list[str] = []
+    failed: list[str] = []
+    offsite: list[str] = []
+
+    tab.route("**/*", _local_only(offsite))
     tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     tab.on("pageerror", lambda e: errors.append(str(e)))
     tab.on("requestfailed", lambda r: failed.append(f"{r.url} ({r.failure})"))
@@ -197,14 +204,7 @@ def test_every_animation_plays_offline(page, browser, base_url):
     tab = browser.new_page()
     offsite: list[str] = []
 
-    def route(r):
-        if urlparse(r.request.url).hostname == "127.0.0.1":
-            r.continue_()
-        else:
-            offsite.append(r.request.url)
-            r.abort()
-
-    tab.route("**/*", route)
+    tab.route("**/*", _local_only(offsite))
     tab.goto(urljoin(base_url, page), wait_until="load")
     players = tab.locator("div.animation")
     assert players.count() > 0
