@@ -93,7 +93,7 @@ book-full: setup
 ## Then it re-scores the shipped weights (benchmarks/results/table.json) and regenerates the
 ## README's results table from the manifest and that table.
 weights: setup
-	DGM_EDU_MODE=full OMP_NUM_THREADS=1 $(BIN)/python -m dgm_edu.weights build --threads 1 $(NAMES)
+	DGM_EDU_MODE=full OMP_NUM_THREADS=1 $(BIN)/python -m dgm_edu.weights build --threads 1 --jobs $(JOBS) $(NAMES)
 	$(MAKE) benchmark-shipped readme
 
 ## benchmark-shipped: score every shipped model (NLL from the manifest; FID/KID/P/R at 1000 samples)

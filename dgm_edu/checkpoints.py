@@ -353,8 +353,10 @@ def run_settings(
     grad_clip: float | None,
     amp: str | None,
     patience: int | None,
+    ema: float | None = None,
 ) -> dict[str, Any]:
-    """What a training checkpoint records about its run, to refuse resuming another one."""
+    """What a training checkpoint records about its run, to refuse resuming another one.
+    (``ema`` is recorded only when set, so checkpoints of runs without it still resume.)"""
     config = getattr(model, "config", None)
     opts = {name: _optimizer_settings(o) for name, o in optimizers.items()}
     settings: dict[str, Any] = {
@@ -365,6 +367,8 @@ def run_settings(
         "amp": amp,
         "patience": patience,
     }
+    if ema is not None:
+        settings["ema"] = ema
     if list(opts) == ["optimizer"]:
         settings["optimizer"] = opts["optimizer"]
     else:
@@ -431,12 +435,14 @@ def _check_settings(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> l
 @dataclass
 class Trainee:
     """What a training checkpoint saves and restores, and is checked against: the model, its
-    optimizers by name, its scheduler (or None) and the run's settings (:func:`run_settings`)."""
+    optimizers by name, its scheduler (or None), the run's settings (:func:`run_settings`) and
+    the weight average that :func:`dgm_edu.train.fit` keeps with ``ema`` (or None)."""
 
     model: nn.Module
     optimizers: Mapping[str, torch.optim.Optimizer]
     scheduler: Any
     settings: dict[str, Any]
+    averaged: nn.Module | None = None
 
 
 def save_training_state(
@@ -464,6 +470,7 @@ def save_training_state(
                 "settings": t.settings,
                 "optimizers": {k: o.state_dict() for k, o in t.optimizers.items()},
                 "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+                "averaged": t.averaged.state_dict() if t.averaged is not None else None,
                 "history": history,
                 "epoch": epoch,
                 "bad_epochs": bad_epochs,
@@ -518,6 +525,8 @@ def restore_training_state(path: Path, t: Trainee) -> dict[str, Any]:
                 f"Checkpoint {path}: optimizer {name!r} does not match ({err}); expected a "
                 f"checkpoint of this model and optimizer"
             ) from None
+    if t.averaged is not None:  # the settings matched, so the checkpoint holds an average
+        t.averaged.load_state_dict(state["averaged"])
     if scheduler is not None and state.get("scheduler") is not None:
         fresh = scheduler.state_dict()  # an extension keeps the new epoch-tied settings
         scheduler.load_state_dict({**state["scheduler"], **{k: fresh[k] for k in rebuild}})

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from dgm_edu import checks, distributed
@@ -97,7 +98,8 @@ class TrainConfig:
 
     Checked here, where they enter: ``epochs`` a whole number ≥ 0 (3.0 is taken as 3; 2.5 and
     bools are refused), ``patience`` None or an int ≥ 1, ``grad_clip`` None or a finite number > 0
-    (−1 would ascend the loss, 0 would learn nothing), ``amp`` None, "bf16" or "fp16".
+    (−1 would ascend the loss, 0 would learn nothing), ``amp`` None, "bf16" or "fp16", ``ema``
+    None or a decay strictly between 0 and 1.
     """
 
     epochs: int = 10
@@ -113,6 +115,9 @@ class TrainConfig:
     desc: str = "train"
     compile: bool | str = False  # torch.compile the loss: True (inductor) or a backend name
     find_unused_parameters: bool = False  # DDP only: set when loss() leaves some parameters unused
+    # Polyak averaging: θ̄ ← d θ̄ + (1 − d) θ after every optimizer step (a decay d in (0, 1));
+    # validation, the best epoch and the weights returned are then the average's
+    ema: float | None = None
 
     def __post_init__(self) -> None:
         self.epochs = _whole_epochs(self.epochs)
@@ -120,6 +125,10 @@ class TrainConfig:
             self.patience = checks.integer(self.patience, "patience", low=1)
         if self.grad_clip is not None:
             self.grad_clip = checks.real(self.grad_clip, "grad_clip", positive=True)
+        if self.ema is not None:
+            self.ema = checks.real(self.ema, "ema")
+            if not 0.0 < self.ema < 1.0:  # 1 would never move, 0 is no average
+                raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999, got {self.ema}")
         if self.amp is not None and self.amp not in AMP_DTYPES:
             raise ValueError(f"Unknown amp {self.amp!r}: expected None, 'bf16' or 'fp16'")
 
@@ -395,10 +404,13 @@ def fit(
     settings = run_settings(
         model, optimizers, scheduler,
         epochs=cfg.epochs, grad_clip=cfg.grad_clip, amp=cfg.amp, patience=cfg.patience,
+        ema=cfg.ema,
     )  # fmt: skip
 
     run = _Run()
-    trainee = Trainee(model, optimizers, scheduler, settings)
+    averaged = _averaged(model, cfg.ema)
+    evaluated = model if averaged is None else averaged.module  # what validation scores
+    trainee = Trainee(model, optimizers, scheduler, settings, averaged)
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
     with contextlib.ExitStack() as stack:
         if ckpt is not None:
@@ -410,6 +422,8 @@ def fit(
                     state["best_model"],
                 )  # fmt: skip
         step = _make_step(model, optimizers, cfg, device, stack)
+        if averaged is not None:
+            step = _then_average(step, averaged, model)
         bar = tqdm(
             range(run.epoch, cfg.epochs), desc=cfg.desc, disable=not cfg.progress or rank != 0,
             initial=run.epoch, total=cfg.epochs, unit="epoch",
@@ -423,8 +437,8 @@ def fit(
                 scheduler.step()
             postfix = {"train": f"{run.hist.train_loss[-1]:.3f}"}
             if val_loader is not None:
-                val = _validate(model, val_loader, device, cfg.amp)
-                stopped = _early_stop(run, val, epoch, model, cfg.patience)
+                val = _validate(evaluated, val_loader, device, cfg.amp)
+                stopped = _early_stop(run, val, epoch, evaluated, cfg.patience)
                 postfix["val"] = f"{val:.3f}"
             bar.set_postfix(postfix)
             run.hist.seconds = time.perf_counter() - t0
@@ -438,7 +452,30 @@ def fit(
                 break
     if cfg.restore_best and run.best_state is not None:
         model.load_state_dict(run.best_state)
+    elif averaged is not None:
+        model.load_state_dict(averaged.module.state_dict())  # the average, not the last step
     return run.hist
+
+
+def _averaged(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """torch's ``AveragedModel`` keeping the exponential moving average of the parameters with
+    ``decay`` (None: no average). Buffers (step counters, masks) are copied, not averaged."""
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def _then_average(
+    step: Callable[[Batch], dict[str, float]], averaged: AveragedModel, model: nn.Module
+) -> Callable[[Batch], dict[str, float]]:
+    """``step``, then θ̄ ← d θ̄ + (1 − d) θ (the first call sets θ̄ = θ)."""
+
+    def averaging_step(batch: Batch) -> dict[str, float]:
+        logs = step(batch)
+        averaged.update_parameters(model)
+        return logs
+
+    return averaging_step
 
 
 # --------------------------------------------------------------------------- recipes on top

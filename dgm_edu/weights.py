@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dgm_edu import runtime
+from dgm_edu import checks, runtime
 from dgm_edu.train import History
 
 WEIGHTS_DIR = Path(__file__).parent / "assets" / "weights"
@@ -758,12 +758,16 @@ def build(
     *,
     out: Path | None = None,
     threads: int = 1,
+    jobs: int = 1,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Train each selected recipe in full mode and write its weights and manifest rows.
 
     Training checkpoints go to ``runtime.checkpoint_path`` (``.checkpoints/full/``), so an
     interrupted build resumes. Each finished entry is written at once, the manifest too.
+    ``jobs > 1`` trains that many recipes side by side, one process each with ``threads`` torch
+    threads, the longest recorded ones first (one bar counts the recipes); each file is the same
+    as a one-job build's, since a process's result depends on its own thread count only.
     """
     if runtime.mode() != "full":
         raise RuntimeError(
@@ -771,9 +775,14 @@ def build(
             "expected DGM_EDU_MODE=full (make weights sets it)"
         )
     out = Path(out) if out is not None else weights_dir()
+    selected = list(selected or RECIPES)
+    for name in selected:
+        recipe(name)  # an unknown name is refused before anything trains
+    if checks.integer(jobs, "jobs", low=1) > 1:
+        return _build_side_by_side(selected, out, threads, jobs)
     torch.set_num_threads(threads)
     built: dict[str, dict[str, Any]] = {}
-    for name in selected or list(RECIPES):
+    for name in selected:
         rec = recipe(name)
         t0 = time.perf_counter()
         result = rec.train(runtime.checkpoint_path(name), progress)
@@ -804,6 +813,50 @@ def build(
     return built
 
 
+def _recorded_seconds(name: str) -> float:
+    """The build time of ``name`` in the manifest (0 for a recipe never built)."""
+    return float(manifest().get(name, {}).get("build_seconds", 0.0))
+
+
+def _build_one(name: str, out: Path, threads: int) -> tuple[str, dict[str, dict[str, Any]], float]:
+    """One recipe in a worker process of :func:`_build_side_by_side`."""
+    t0 = time.perf_counter()
+    rows = build([name], out=out, threads=threads, progress=False)
+    return name, rows, time.perf_counter() - t0
+
+
+def _build_side_by_side(
+    selected: list[str], out: Path, threads: int, jobs: int
+) -> dict[str, dict[str, Any]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    order = sorted(selected, key=_recorded_seconds, reverse=True)  # longest first: packs best
+    built: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
+    with (
+        ProcessPoolExecutor(jobs, mp_context=spawn) as pool,
+        tqdm(total=len(order), desc=f"weights ({jobs} jobs)", unit="recipe") as bar,
+    ):
+        futures = [pool.submit(_build_one, name, out, threads) for name in order]
+        for future in as_completed(futures):
+            name, rows, seconds = future.result()
+            built.update(rows)
+            bar.write(f"{name}: {seconds:.0f} s")
+            bar.update()
+    wall = time.perf_counter() - t0
+    print(
+        f"{len(order)} recipes, {len(built)} entries in {wall:.0f} s wall with {jobs} jobs "
+        f"({sum(r['build_seconds'] for n, r in built.items() if '@' not in n):.0f} s of "
+        f"recipe time)",
+        flush=True,
+    )
+    return built
+
+
 def refigure(selected: list[str], *, out: Path | None = None) -> dict[str, dict[str, Any]]:
     """Measure the figures of shipped entries again, weights untouched (after a metric changes).
 
@@ -830,6 +883,7 @@ def _main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="train entries in full mode and write their weights")
     b.add_argument("names", nargs="*", help="entries to build (default: all)")
     b.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
+    b.add_argument("--jobs", type=int, default=1, help="recipes trained side by side")
     b.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     f = sub.add_parser("figures", help="re-measure shipped entries' figures (weights unchanged)")
     f.add_argument("names", nargs="+", help="shipped entries to measure again")
@@ -837,7 +891,12 @@ def _main(argv: list[str] | None = None) -> int:
     sub.add_parser("verify", help="check every shipped file against its sha256")
     args = p.parse_args(argv)
     if args.command == "build":
-        build(args.names or None, threads=args.threads, progress=not args.no_progress)
+        build(
+            args.names or None,
+            threads=args.threads,
+            jobs=args.jobs,
+            progress=not args.no_progress,
+        )
     elif args.command == "figures":
         refigure(args.names)
     elif args.command == "list":

@@ -169,7 +169,8 @@ def test_seed_repeatability():
     assert not torch.equal(a, c)  # the seed drives the shuffling, so another seed differs
 
 
-def test_resume_is_bit_identical_and_finished_checkpoint_trains_no_more(tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_resume_is_bit_identical_and_finished_checkpoint_trains_no_more(tmp_path, ema):
     def run(epochs, ckpt=None):
         model, opt = _mixture()
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
@@ -182,6 +183,7 @@ def test_resume_is_bit_identical_and_finished_checkpoint_trains_no_more(tmp_path
             checkpoint=ckpt,
             scheduler=sched,
             progress=False,
+            ema=ema,
         )
         return model, hist, opt
 
@@ -200,6 +202,45 @@ def test_resume_is_bit_identical_and_finished_checkpoint_trains_no_more(tmp_path
     assert json.loads(ckpt.with_suffix(".json").read_text())["train_loss"] == hist.train_loss
     again, hist2, _ = run(5, ckpt)  # a finished checkpoint: 0 more epochs, same weights
     assert hist2.epochs_run == 5 and torch.equal(again.pixel_logits, ref.pixel_logits)
+
+
+class Drift(nn.Module):
+    """loss = c·w: SGD moves w by −lr·c every step, so w_t = w_0 − t·lr·c exactly."""
+
+    c = torch.tensor([1.0, -2.0, 0.5])
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.3, 0.1, -0.2]))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.w * self.c).sum() + 0.0 * x.sum()
+
+
+def test_ema_validates_keeps_and_returns_the_average_of_the_steps():
+    """θ̄_1 = θ_1, θ̄_t = d θ̄_{t−1} + (1 − d) θ_t, computed here in float64 from the closed-form
+    θ_t: the validation losses are those of θ̄ after each epoch, the weights returned θ̄."""
+    d, lr, steps_per_epoch, epochs = 0.8, 0.1, 3, 4
+    w0 = Drift().w.detach().double()
+    ema, per_epoch = None, []
+    for t in range(1, steps_per_epoch * epochs + 1):
+        w_t = w0 - t * lr * Drift.c.double()
+        ema = w_t if ema is None else d * ema + (1 - d) * w_t
+        if t % steps_per_epoch == 0:
+            per_epoch.append(ema.clone())
+    x = torch.zeros(6, 1)
+    for val in (None, make_loader(x, batch_size=6)):
+        model = Drift()
+        hist = fit(
+            model, torch.optim.SGD(model.parameters(), lr=lr), make_loader(x, batch_size=2),
+            val, epochs=epochs, ema=d, progress=False, device="cpu",
+        )  # fmt: skip
+        assert torch.allclose(model.w.double(), per_epoch[-1], atol=1e-6)  # not θ_T
+        assert not torch.allclose(model.w.double(), w0 - 12 * lr * Drift.c.double(), atol=1e-3)
+        if val is not None:  # c·θ̄ after each epoch, θ̄ of the last (best) epoch kept
+            expected = [float((e * Drift.c.double()).sum()) for e in per_epoch]
+            assert hist.val_loss == pytest.approx(expected, abs=1e-6)
+            assert hist.best_epoch == epochs - 1
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -348,6 +389,11 @@ def _fit_mean(**kw):
         ({"epochs": True}, TypeError, "epochs must be an int, got True (bool)"),
         ({"epochs": "3"}, TypeError, "epochs must be an int, got '3' (str)"),
         ({"amp": "fp8"}, ValueError, "Unknown amp 'fp8': expected None, 'bf16' or 'fp16'"),
+        ({"ema": 1.0}, ValueError, "ema must be a decay in (0, 1), e.g. 0.999, got 1.0"),
+        ({"ema": 0}, ValueError, "ema must be a decay in (0, 1), e.g. 0.999, got 0.0"),
+        ({"ema": -0.5}, ValueError, "ema must be a decay in (0, 1), e.g. 0.999, got -0.5"),
+        ({"ema": math.nan}, ValueError, "ema must be a finite number, got nan"),
+        ({"ema": "0.9"}, TypeError, "ema must be a real number, got '0.9' (str)"),
     ],
 )
 def test_fit_settings_are_checked_where_they_enter(kw, err, message):
