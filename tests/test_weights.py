@@ -215,3 +215,24 @@ def test_each_row_records_the_seed_its_recipe_trains_with():
     seeds = {name: row["seed"] for name, row in weights.manifest().items()}
     assert seeds == {name: weights.recipe(name).seed for name in seeds}
     assert seeds["vae-mlp-seed2"] == 2 and seeds["vae"] == 0
+
+
+def test_side_by_side_build_writes_the_files_of_a_one_job_build(tmp_path, monkeypatch):
+    """``build(jobs=2)`` trains in spawned processes: the same bytes as a one-job build on this
+    machine, every recipe's entry in one manifest, and an unknown name refused first."""
+    monkeypatch.delenv("DGM_EDU_FAST", raising=False)
+    monkeypatch.setenv("DGM_EDU_MODE", "full")
+    monkeypatch.setenv("DGM_EDU_CHECKPOINTS", str(tmp_path / "ck"))
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(weights.WeightsError, match="Unknown weights name 'nope'"):
+            weights.build(["mixture", "nope"], out=tmp_path / "x", jobs=2, progress=False)
+        assert not (tmp_path / "x").exists()  # refused before anything trained
+        one = weights.build(["mixture"], out=tmp_path / "one", progress=False)
+        monkeypatch.setenv("DGM_EDU_CHECKPOINTS", str(tmp_path / "ck2"))
+        two = weights.build(["mixture", "text-rnn"], out=tmp_path / "two", jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert two["mixture"]["sha256"] == one["mixture"]["sha256"]
+    rows = json.loads((tmp_path / "two" / "manifest.json").read_text())["entries"]
+    assert set(rows) == {"mixture", "text-rnn"} == set(two)
