@@ -12,8 +12,10 @@ In *full* and *fast* mode the same call trains the model from scratch with its r
   training seconds, and the validation and test figures measured when it was built. The digest
   is checked on every load.
 - ``make weights`` (``python -m dgm_edu.weights build``) rebuilds them in full mode: each recipe
-  below is the one its chapter uses. A rebuild on a CPU with the recorded thread count reproduces
-  each file bit for bit (the suite checks the cheap entries).
+  below is the one its chapter uses. A rebuild with the recorded thread count on a CPU of the
+  recorded ``cpu`` signature (:func:`cpu_signature`: model and instruction sets, which decide the
+  kernels torch and MKL pick) reproduces each file bit for bit; on another CPU the floats round
+  differently, so a rebuild reproduces the figures, not the bytes (the suite checks both).
 
 The headline digits models are ``mixture``, ``rbm``, ``vae``, ``gan``, ``autoregressive``,
 ``flows``, ``diffusion`` and ``energy``.
@@ -693,6 +695,28 @@ def _init_kwargs(model: nn.Module) -> tuple[dict[str, Any], str | None, dict[str
     return init, f"{cfg_cls.__module__}.{cfg_cls.__qualname__}", dataclasses.asdict(config)
 
 
+def cpu_signature() -> str:
+    """What decides a build's floats besides the seed: torch, the CPU model and its instruction sets.
+
+    torch picks its kernels by ``torch.backends.cpu.get_cpu_capability()`` and MKL by the CPU's
+    flags (AVX-512, AMX, ...), so two machines with the same torch but other flags round
+    differently. E.g. ``'torch 2.13.0+cpu, AVX512, GenuineIntel 6/207/2, flags 3f2a9c01'``: the
+    last part is a digest of the sorted ``/proc/cpuinfo`` flags.
+    """
+    info: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    flags = " ".join(sorted(info.get("flags", "").split()))
+    model = "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:8]
+    return (f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, "
+            f"{info.get('vendor_id', platform.processor() or platform.machine())} {model}, "
+            f"flags {digest}")  # fmt: skip
+
+
 def _row(name: str, model: nn.Module, hist: History, rec: Recipe, path: Path, threads: int,
          wall: float) -> dict[str, Any]:  # fmt: skip
     init, cfg_cls, cfg = _init_kwargs(model)
@@ -714,6 +738,7 @@ def _row(name: str, model: nn.Module, hist: History, rec: Recipe, path: Path, th
         "torch": torch.__version__,
         "threads": threads,
         "device": "cpu",
+        "cpu": cpu_signature(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(hist.seconds, 1),
         "build_seconds": round(wall, 1),

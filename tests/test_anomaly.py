@@ -195,8 +195,10 @@ def test_one_entry_recomputed_from_scratch(result):
     ).auc
     assert adaptive == pytest.approx(want["complexity_adaptive"], abs=1e-12)
     assert want["ratio"] == 0.5  # log p - log p_bg = 0: every score ties
+    # log_prob is float32 (about 7 digits of ~264): the results file may come from a CPU whose
+    # kernels sum in another order, so the mean agrees to float32's precision, not beyond it
     assert result["mean_log_p"]["independent_pixels"]["noise"] == pytest.approx(
-        lp_out.mean().item(), abs=1e-6
+        lp_out.mean().item(), rel=1e-6
     )
 
 

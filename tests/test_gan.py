@@ -193,15 +193,18 @@ def test_mode_coverage_counts_a_known_sample_set():
     assert covered == 5 and frac == pytest.approx(200 / 250)
 
 
-def test_a_short_training_covers_the_ring_and_random_init_does_not():
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_short_training_covers_the_ring_and_random_init_does_not(seed):
+    """150 epochs cover all 8 modes at every seed tried (0-5, within 3 sigma 0.82-0.91); at 100
+    epochs seed 0 covered 6 modes on one CPU and 8 on another, so 100 was too close to the edge."""
     torch.set_num_threads(1)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = GAN(GANConfig(data_shape=(2,), hidden=128, latent_dim=2))
     assert mode_coverage(model.sample(2000))[0] < 6
     loader = make_loader(toy_2d("ring8", 2000), batch_size=128, shuffle=True)
-    hist = fit(model, gan.make_optimizers(model, lr=1e-3), loader, epochs=100, progress=False,
+    hist = fit(model, gan.make_optimizers(model, lr=1e-3), loader, epochs=150, progress=False,
                restore_best=False)  # fmt: skip
-    assert len(hist.logs["g_loss"]) == 100
+    assert len(hist.logs["g_loss"]) == 150
     covered, within = mode_coverage(model.sample(2000))
     assert covered == 8 and within > 0.7  # (10 epochs gave 4.5% within 3 sigma: not learned)
 

@@ -160,24 +160,47 @@ def test_obtain_trains_from_scratch_in_fast_mode(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------- rebuilding
-def _rebuild_and_compare(name: str, tmp_path: Path, monkeypatch) -> None:
-    row = weights.entry(name)
+def _rebuild(name: str, out: Path, tmp_path: Path, monkeypatch) -> dict:
     monkeypatch.delenv("DGM_EDU_FAST", raising=False)
     monkeypatch.setenv("DGM_EDU_MODE", "full")
-    monkeypatch.setenv("DGM_EDU_CHECKPOINTS", str(tmp_path / "ck"))
+    monkeypatch.setenv("DGM_EDU_CHECKPOINTS", str(tmp_path / f"ck-{out.name}"))  # nothing resumed
     threads = torch.get_num_threads()
     try:
-        built = weights.build([name.split("@")[0]], out=tmp_path / "w", threads=row["threads"],
+        built = weights.build([name.split("@")[0]], out=out, threads=weights.entry(name)["threads"],
                               progress=False)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
-    assert built[name]["sha256"] == row["sha256"], f"{name} did not rebuild bit for bit"
-    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["entries"][name]
+    assert json.loads((out / "manifest.json").read_text())["entries"][name]
+    return built[name]
+
+
+def _rebuild_and_compare(name: str, tmp_path: Path, monkeypatch) -> None:
+    """On a CPU of the recorded signature the rebuild is the shipped file, byte for byte. On another
+    CPU torch and MKL pick other kernels, the floats round differently from the first step, and
+    only the result can be compared: every figure within 0.1% of the recorded one (seen: the
+    mixture within 1e-6, the RBM's NLL within 1.5e-4 relative on a CPU with AMX)."""
+    row = weights.entry(name)
+    built = _rebuild(name, tmp_path / "w", tmp_path, monkeypatch)
+    if row.get("cpu") == weights.cpu_signature():
+        assert built["sha256"] == row["sha256"], f"{name} did not rebuild bit for bit"
+        return
+    measured = {k: v for k, v in row["figures"].items() if isinstance(v, float)}
+    assert measured, f"{name} records no figures to compare"
+    for key, want in measured.items():
+        assert built["figures"][key] == pytest.approx(want, rel=1e-3), (name, key)
 
 
 @pytest.mark.parametrize("name", ["mixture", "rbm"])
 def test_cheap_entries_rebuild_bit_for_bit(name, tmp_path, monkeypatch):
     _rebuild_and_compare(name, tmp_path, monkeypatch)
+
+
+def test_a_build_is_deterministic_on_any_cpu(tmp_path, monkeypatch):
+    """Whatever the CPU, two builds of one recipe write the same bytes (seeded, one thread)."""
+    first = _rebuild("mixture", tmp_path / "a", tmp_path, monkeypatch)
+    second = _rebuild("mixture", tmp_path / "b", tmp_path, monkeypatch)
+    assert first["sha256"] == second["sha256"] == weights.sha256_of(tmp_path / "b" / first["file"])
+    assert first["cpu"] == weights.cpu_signature()
 
 
 @pytest.mark.skipif(os.environ.get("DGM_EDU_REBUILD_ALL") != "1", reason="opt-in: minutes each")
