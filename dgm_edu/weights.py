@@ -696,7 +696,7 @@ def _init_kwargs(model: nn.Module) -> tuple[dict[str, Any], str | None, dict[str
 
 
 def cpu_signature() -> str:
-    """What decides a build's floats besides the seed: torch, the CPU model and its instruction sets.
+    """What decides a build's floats besides the seed: torch, the CPU model, its instruction sets.
 
     torch picks its kernels by ``torch.backends.cpu.get_cpu_capability()`` and MKL by the CPU's
     flags (AVX-512, AMX, ...), so two machines with the same torch but other flags round
