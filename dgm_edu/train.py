@@ -116,7 +116,8 @@ class TrainConfig:
     compile: bool | str = False  # torch.compile the loss: True (inductor) or a backend name
     find_unused_parameters: bool = False  # DDP only: set when loss() leaves some parameters unused
     # Polyak averaging: θ̄ ← d θ̄ + (1 − d) θ after every optimizer step (a decay d in (0, 1));
-    # validation, the best epoch and the weights returned are then the average's
+    # validation, the best epoch and the weights returned are then the average's (the raw
+    # weights' validation loss is kept beside it, in ``History.logs["val_loss_raw"]``)
     ema: float | None = None
 
     def __post_init__(self) -> None:
@@ -437,6 +438,10 @@ def fit(
                 scheduler.step()
             postfix = {"train": f"{run.hist.train_loss[-1]:.3f}"}
             if val_loader is not None:
+                if averaged is not None:  # the raw weights too, for comparison; RNG untouched
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        raw = _validate(model, val_loader, device, cfg.amp)
+                    run.hist.logs.setdefault("val_loss_raw", []).append(raw)
                 val = _validate(evaluated, val_loader, device, cfg.amp)
                 stopped = _early_stop(run, val, epoch, evaluated, cfg.patience)
                 postfix["val"] = f"{val:.3f}"

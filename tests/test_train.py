@@ -241,6 +241,11 @@ def test_ema_validates_keeps_and_returns_the_average_of_the_steps():
             expected = [float((e * Drift.c.double()).sum()) for e in per_epoch]
             assert hist.val_loss == pytest.approx(expected, abs=1e-6)
             assert hist.best_epoch == epochs - 1
+            raw = [float(((w0 - (e + 1) * steps_per_epoch * lr * Drift.c.double()) * Drift.c).sum())
+                   for e in range(epochs)]  # fmt: skip
+            assert hist.logs["val_loss_raw"] == pytest.approx(raw, abs=1e-6)  # c·θ_t, logged
+        else:
+            assert "val_loss_raw" not in hist.logs
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
