@@ -835,7 +835,22 @@ def build(
                 f"({built[entry_name]['train_seconds']} s training)",
                 flush=True,
             )
+        _drop_checkpoints(name)
     return built
+
+
+def _drop_checkpoints(name: str) -> None:
+    """Delete a recipe's training checkpoints once its entries are written.
+
+    They exist so that an interrupted build resumes; left behind, a finished one would make the
+    next build reload it instead of training (stale weights, from older code or another CPU, and
+    no build time measured). The ``.json`` beside each holds its run settings; a staged recipe
+    has one file per stage, ``<name>-e<stop>.pt``.
+    """
+    base = runtime.checkpoint_path(name)
+    for path in [base, *base.parent.glob(f"{base.stem}-e[0-9]*{base.suffix}")]:
+        for part in (path, path.with_suffix(".json")):
+            part.unlink(missing_ok=True)
 
 
 def _recorded_seconds(name: str) -> float:

@@ -203,6 +203,22 @@ def test_a_build_is_deterministic_on_any_cpu(tmp_path, monkeypatch):
     assert first["cpu"] == weights.cpu_signature()
 
 
+def test_a_build_leaves_no_checkpoint_for_the_next_build_to_reload(tmp_path, monkeypatch):
+    """Checkpoints let an interrupted build resume; a finished one left behind would make the next
+    build reload it instead of training (it once shipped the weights of an older run)."""
+    _rebuild("mixture", tmp_path / "w", tmp_path, monkeypatch)
+    assert not [p for p in (tmp_path / "ck-w").rglob("*") if p.is_file()]
+    folder = weights.runtime.checkpoint_path("gan-ring8").parent  # a staged recipe's files
+    folder.mkdir(parents=True, exist_ok=True)  # (the build left it empty)
+    stale = ["gan-ring8.pt", "gan-ring8.json", "gan-ring8-e10.pt", "gan-ring8-e10.json",
+             "gan-ring8-e400.pt"]  # fmt: skip
+    kept = ["gan-ring8x.pt", "gan-ring8-extra.pt", "gan.pt", "gan-e10.pt"]  # other names
+    for f in stale + kept:
+        (folder / f).write_bytes(b"")
+    weights._drop_checkpoints("gan-ring8")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept)
+
+
 @pytest.mark.skipif(os.environ.get("DGM_EDU_REBUILD_ALL") != "1", reason="opt-in: minutes each")
 @pytest.mark.parametrize("name", [n for n in SHIPPED if "@" not in n])
 def test_every_entry_rebuilds_bit_for_bit(name, tmp_path, monkeypatch):
