@@ -48,6 +48,7 @@ from dgm_edu import distributed, runtime
 
 __all__ = [
     "CheckpointError",
+    "CheckpointInUse",
     "Trainee",
     "checkpoint_lock",
     "claim_checkpoint",
@@ -58,6 +59,7 @@ __all__ = [
     "run_settings",
     "save_checkpoint",
     "save_training_state",
+    "wait_for_release",
 ]
 
 TRAINING_KEYS = ("model", "optimizers", "history", "epoch", "bad_epochs", "best_model", "rng_cpu")
@@ -68,6 +70,14 @@ AFRESH = "delete it or pass another path to train afresh"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, that belongs to another model or run, or is in use."""
+
+
+class CheckpointInUse(CheckpointError):
+    """Another live run holds the checkpoint's lock: its ``pid`` and ``lock`` file are attached."""
+
+    def __init__(self, message: str, lock: Path, pid: int) -> None:
+        super().__init__(message)
+        self.lock, self.pid = lock, pid
 
 
 def _refused(path: Path | str, what: str, expected: str) -> CheckpointError:
@@ -233,10 +243,11 @@ def _claim(lock: Path, path: Path) -> None:
         except FileExistsError:
             owner = _lock_owner(lock)
             if owner is not None and _alive(*owner):
-                raise CheckpointError(
+                raise CheckpointInUse(
                     f"Checkpoint {path} is in use: another run (pid {owner[0]}) is training into "
                     f"{path}; expected one run per checkpoint (wait for it to finish or pass "
-                    f"another path; if no such run exists, delete {lock})"
+                    f"another path; if no such run exists, delete {lock})",
+                    lock, owner[0],
                 ) from None
             lock.unlink(missing_ok=True)  # stale: its run died without removing it
             continue
@@ -244,6 +255,21 @@ def _claim(lock: Path, path: Path) -> None:
             f.write(f"{os.getpid()} {socket.gethostname()}\n")
         return
     raise CheckpointError(f"Cannot claim {lock}: other runs keep taking it; expected one run")
+
+
+def wait_for_release(lock: Path, timeout: float = 3600.0, poll: float = 0.5) -> None:
+    """Block until no live run holds ``lock`` (it finished, died, or the file is gone).
+
+    Raises :class:`CheckpointInUse` after ``timeout`` seconds of a run that still holds it.
+    """
+    deadline = time.monotonic() + timeout
+    while (owner := _lock_owner(lock) if lock.exists() else None) is not None and _alive(*owner):
+        if time.monotonic() > deadline:
+            raise CheckpointInUse(
+                f"{lock} is still held by pid {owner[0]} after {timeout:.0f} s; expected its run "
+                f"to finish (if no such run exists, delete {lock})", lock, owner[0],
+            )  # fmt: skip
+        time.sleep(poll)
 
 
 @contextlib.contextmanager

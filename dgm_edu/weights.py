@@ -653,8 +653,7 @@ def obtain(name: str, *, progress: bool = False) -> tuple[nn.Module, History]:
             if s == stop:
                 return model, hist
         raise WeightsError(f"{name!r}: expected a stage in {rec.stages}")
-    _say_training(name)
-    model, hist = rec.train(runtime.checkpoint_path(name), progress)
+    model, hist = _train(name, rec, progress)
     return model.eval(), hist
 
 
@@ -666,8 +665,7 @@ def obtain_stages(name: str, *, progress: bool = False) -> list[tuple[int, nn.Mo
     stages = stage_names(name)
     if runtime.mode() == "reference" and all(s in manifest() for _, s in stages):
         return [(stop, load(s), history(s)) for stop, s in stages]
-    _say_training(name)
-    return [(s, m.eval(), h) for s, m, h in rec.train(runtime.checkpoint_path(name), progress)]
+    return [(s, m.eval(), h) for s, m, h in _train(name, rec, progress)]
 
 
 def stage_names(name: str) -> list[tuple[int, str]]:
@@ -676,9 +674,20 @@ def stage_names(name: str) -> list[tuple[int, str]]:
     return [(s, name if s == stops[-1] else f"{name}@{s}") for s in stops]
 
 
-def _say_training(name: str) -> None:
+def _train(name: str, rec: Recipe, progress: bool) -> Any:
+    """``rec.train`` into the mode's checkpoint of ``name``. While another process trains that
+    checkpoint (a second notebook, another test worker), wait for it, then train again: fit
+    reloads the run it finished, or trains afresh if it died."""
+    from dgm_edu.checkpoints import CheckpointInUse, wait_for_release
+
     if runtime.mode() == "reference":
         print(f"{name}: no shipped weights, so it is trained here at the full budget")
+    while True:
+        try:
+            return rec.train(runtime.checkpoint_path(name), progress)
+        except CheckpointInUse as err:
+            print(f"{name}: another run (pid {err.pid}) is training it; waiting for it to finish")
+            wait_for_release(err.lock)
 
 
 # --------------------------------------------------------------------------- building them

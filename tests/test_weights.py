@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,43 @@ def test_obtain_trains_from_scratch_in_fast_mode(monkeypatch, tmp_path):
     assert (tmp_path / "fast" / "mixture.pt").is_file()
     assert hist.epochs_run <= 25 and hist.seconds > 0  # trained here, at the fast budget
     assert not model.training
+
+
+def test_obtain_waits_for_another_process_training_the_same_checkpoint(
+    monkeypatch, tmp_path, capsys
+):
+    """Two notebooks (or two test workers) obtain one model: the second waits for the first,
+    then reloads its finished run, or trains itself if that run died without finishing."""
+    import socket
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("DGM_EDU_MODE", "fast")
+    monkeypatch.setenv("DGM_EDU_CHECKPOINTS", str(tmp_path))
+    path = runtime.checkpoint_path("mixture")
+    path.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    (path.parent / "mixture.pt.lock").write_text(f"{holder.pid} {socket.gethostname()}\n")
+    start = time.monotonic()
+    try:
+        model, hist = weights.obtain("mixture")  # the holder dies without a checkpoint
+    finally:
+        holder.kill()
+        holder.wait()
+    assert time.monotonic() - start > 2.0, "it did not wait for the live holder"
+    assert f"another run (pid {holder.pid}) is training it; waiting" in capsys.readouterr().out
+    assert hist.epochs_run > 0 and path.is_file()
+
+    other = subprocess.run(  # another process asks for the same model: it reloads, same weights
+        [sys.executable, "-c", "from dgm_edu import weights; import torch; "
+         "m, h = weights.obtain('mixture'); print(h.seconds); "
+         f"torch.save(m.state_dict(), {str(tmp_path / 'other.pt')!r})"],
+        env={**os.environ}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert float(other.stdout.split()[-1]) == hist.seconds  # the history of this run, reloaded
+    theirs = torch.load(tmp_path / "other.pt")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, theirs[key]), key
 
 
 # --------------------------------------------------------------------------- rebuilding
