@@ -247,7 +247,8 @@ def _claim(lock: Path, path: Path) -> None:
                     f"Checkpoint {path} is in use: another run (pid {owner[0]}) is training into "
                     f"{path}; expected one run per checkpoint (wait for it to finish or pass "
                     f"another path; if no such run exists, delete {lock})",
-                    lock, owner[0],
+                    lock,
+                    owner[0],
                 ) from None
             lock.unlink(missing_ok=True)  # stale: its run died without removing it
             continue
