@@ -2,10 +2,11 @@
 
 # {solution grade_id: code}: a correct answer written differently -> must score full marks
 ALTERNATIVE: dict[str, str] = {
-    # the same number, as a 0-d tensor computed from the base log-densities
+    # the same function, as a 0-d tensor computed from the expected base log-densities
     "flows-ex1-solution": (
-        "log_base = lambda t: -0.5 * 64 * math.log(2 * math.pi) - 0.5 * 64 * t**2  # E log N(z; 0, I)\n"  # noqa: E501
-        "prediction = torch.tensor(log_base(0.5) - log_base(1.0))\n"
+        "def delta(D, T):\n"
+        "    log_base = lambda t: -0.5 * D * math.log(2 * math.pi) - 0.5 * D * t**2  # E log N\n"
+        "    return torch.tensor(log_base(T) - log_base(1.0), dtype=torch.float64)\n"
     ),
     # erfc instead of log_ndtr, a Python loop over the 17 levels instead of fancy indexing
     "flows-ex2-solution": (
@@ -61,8 +62,8 @@ ALTERNATIVE: dict[str, str] = {
 # {solution grade_id: code}: a plausible wrong answer that PASSES the visible tests -> must lose
 # the hidden points of that exercise's test cells
 PLANTED: dict[str, str] = {
-    # forgets the 1/2 of the Gaussian exponent: (1 - T^2) D
-    "flows-ex1-solution": "prediction = (1 - 0.5**2) * 64\n",
+    # forgets the 1/2 of the Gaussian exponent: (1 - T^2) D, still 0 at T = 1
+    "flows-ex1-solution": "def delta(D, T):\n    return (1 - T**2) * D\n",
     # silences the symptom with a floor instead of fixing the cancellation: finite, and the
     # mirror check passes loosely, but the tails are hundreds of nats off
     "flows-ex2-solution": (

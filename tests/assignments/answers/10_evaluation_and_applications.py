@@ -1,23 +1,24 @@
-"""Chapter 08's exercises: other correct answers and planted wrong answers (tests/assignments)."""
+"""Chapter 10's exercises: other correct answers and planted wrong answers (tests/assignments)."""
 
 # {solution grade_id: code}: a correct answer written differently -> must score full marks
 ALTERNATIVE: dict[str, str] = {
-    # a 0-d tensor, from the variance of one coordinate of the difference of two means
+    # a 0-d tensor, from the two means' variances added coordinate by coordinate
     "eval-ex1-solution": (
         "import torch\n"
-        "n_points, n_dims = 50, 10\n"
-        "prediction = torch.tensor(n_dims * (1 / n_points + 1 / n_points))\n"
+        "def expected_mean_term(n, m, d):\n"
+        "    one = torch.tensor(1.0, dtype=torch.float64)\n"
+        "    return d * (one / n + one / m)\n"
     ),
-    # numpy's percentile over a loop, tensors returned as 0-d tensors
+    # numpy's percentile over a loop, multinomial draws, tensors returned as 0-d tensors
     "eval-ex2-solution": (
         "import numpy as np\n"
-        "def bootstrap_interval(x, statistic, resamples=1000, level=0.9, seed=0):\n"
+        "def difference_interval(x, y, statistic, resamples=1000, level=0.9, seed=0):\n"
         "    gen = torch.Generator().manual_seed(seed)\n"
         "    stats = []\n"
         "    for _ in range(resamples):\n"
-        "        weights = torch.ones(len(x))\n"
-        "        idx = torch.multinomial(weights, len(x), replacement=True, generator=gen)\n"
-        "        stats.append(float(statistic(x[idx])))\n"
+        "        draw = lambda k: torch.multinomial(torch.ones(k), k, True, generator=gen)\n"
+        "        ix, iy = draw(len(x)), draw(len(y))\n"
+        "        stats.append(float(statistic(x[ix], y[iy])))\n"
         "    alpha = 100 * (1 - level) / 2\n"
         "    low, high = np.percentile(np.array(stats), [alpha, 100 - alpha])\n"
         "    return torch.tensor(low), torch.tensor(high)\n"
@@ -75,16 +76,20 @@ ALTERNATIVE: dict[str, str] = {
 # {solution grade_id: code}: a plausible wrong answer that PASSES the visible tests -> must lose
 # the hidden points of that exercise's test cells
 PLANTED: dict[str, str] = {
-    # the error of one set's mean only: d / N
-    "eval-ex1-solution": "prediction = 10 / 50\n",
-    # resamples with replacement, but always the 5% and 95% quantiles, whatever the level
+    # the sample variance's n - 1 in place of n: right shape, wrong value (and n = 1 fails)
+    "eval-ex1-solution": (
+        "def expected_mean_term(n, m, d):\n    return d * (1 / (n - 1) + 1 / (m - 1))\n"
+    ),
+    # resamples both sets, but y at x's size: right when N = M, wrong otherwise
     "eval-ex2-solution": (
-        "def bootstrap_interval(x, statistic, resamples=1000, level=0.9, seed=0):\n"
+        "def difference_interval(x, y, statistic, resamples=1000, level=0.9, seed=0):\n"
         "    gen = torch.Generator().manual_seed(seed)\n"
         "    n = len(x)\n"
-        "    values = torch.tensor([float(statistic(x[torch.randint(n, (n,), generator=gen)]))\n"
+        "    draw = lambda k: torch.randint(k, (n,), generator=gen)\n"
+        "    values = torch.tensor([float(statistic(x[draw(n)], y[draw(len(y))]))\n"
         "                           for _ in range(resamples)], dtype=torch.float64)\n"
-        "    low, high = torch.quantile(values, torch.tensor([0.05, 0.95], dtype=torch.float64))\n"
+        "    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)\n"
+        "    low, high = torch.quantile(values, q)\n"
         "    return float(low), float(high)\n"
     ),
     # right collapse; 'spread' as the data with a little noise: recall high, but so is precision
