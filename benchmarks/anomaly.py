@@ -105,7 +105,15 @@ def only_classes(module: object, classes: tuple[int, ...]) -> Iterator[None]:
 
     original = module.digits_loader  # type: ignore[attr-defined]
 
-    def loader(split="train", batch_size=128, *, labels=False, shuffle=None, drop_last=False):
+    def loader(
+        split="train",
+        batch_size=128,
+        *,
+        labels=False,
+        shuffle=None,
+        drop_last=False,
+        shift_prob=0.0,
+    ):
         x, y = data.load_digits(split)
         keep = torch.isin(y, torch.tensor(classes))
         tensors = (x[keep], y[keep]) if labels else (x[keep],)
@@ -114,6 +122,7 @@ def only_classes(module: object, classes: tuple[int, ...]) -> Iterator[None]:
             batch_size=batch_size,
             shuffle=(split == "train") if shuffle is None else shuffle,
             drop_last=drop_last,
+            shift_prob=shift_prob,
         )
 
     module.digits_loader = loader  # type: ignore[attr-defined]

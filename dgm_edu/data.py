@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from dgm_edu import checks
 
@@ -173,10 +173,12 @@ def digits_loader(
     labels: bool = False,
     shuffle: bool | None = None,
     drop_last: bool = False,
+    shift_prob: float = 0.0,
 ) -> DataLoader:
     """A DataLoader over one split; yields ``(x,)`` or ``(x, y)`` tuples of raw digits.
 
-    Shuffling defaults to on for the train split only.
+    Shuffling defaults to on for the train split only. ``shift_prob`` > 0 augments: every time an
+    image is read it is moved by one pixel with that probability (:class:`RandomShifts`).
     """
     images, ys = load_digits(split)
     tensors = (images, ys) if labels else (images,)
@@ -185,22 +187,79 @@ def digits_loader(
         batch_size=batch_size,
         shuffle=(split == "train") if shuffle is None else shuffle,
         drop_last=drop_last,
+        shift_prob=shift_prob,
     )
 
 
 def make_loader(
-    *tensors: torch.Tensor, batch_size: int = 128, shuffle: bool = True, drop_last: bool = False
+    *tensors: torch.Tensor,
+    batch_size: int = 128,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    shift_prob: float = 0.0,
 ) -> DataLoader:
-    """A DataLoader over tensors that share their first dimension; yields tuples."""
+    """A DataLoader over tensors that share their first dimension; yields tuples.
+
+    ``shift_prob`` > 0: the first tensor holds images, each moved by one pixel with that
+    probability every time it is read (:class:`RandomShifts`); the others pass through.
+    """
     if not tensors:
         raise ValueError("make_loader needs at least one tensor")
     if len(tensors[0]) == 0:
         raise ValueError("Cannot make a loader over an empty data set (N=0)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return DataLoader(
-        TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last
-    )
+    dataset = TensorDataset(*tensors) if shift_prob == 0.0 else RandomShifts(*tensors, p=shift_prob)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
+
+
+# --------------------------------------------------------------------------- augmentation
+# the eight one-pixel moves (rows down, columns right) that RandomShifts draws from
+NEIGHBOURS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
+
+
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Images ``(..., H, W)`` moved ``dy`` rows down and ``dx`` columns right (negative: up, left).
+
+    The pixels that enter are background (0) and the ink that leaves is dropped. Not a roll:
+    ``torch.roll`` would carry the ink of one edge round to the other.
+    """
+    h, w = x.shape[-2:]
+    if abs(dy) >= h or abs(dx) >= w:
+        raise ValueError(f"a shift must be smaller than the image ({h}x{w}), got ({dy}, {dx})")
+    out = torch.zeros_like(x)
+    rows, cols = slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
+    out[..., rows, cols] = x[..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    return out
+
+
+class RandomShifts(Dataset):
+    """Training-time augmentation: item i is image i moved by one pixel with probability ``p``.
+
+    The move is one of the 8 :data:`NEIGHBOURS`, uniformly, drawn afresh each time the item is
+    read (from torch's global generator, which ``fit`` seeds); the other tensors (labels) pass
+    through. The model still sees the unshifted image with probability 1 − p, and it is scored on
+    unshifted images: the shifts are a regulariser, not a change of what is modelled.
+    """
+
+    def __init__(self, images: torch.Tensor, *others: torch.Tensor, p: float = 0.5) -> None:
+        self.p = checks.real(p, "shift_prob", nonnegative=True)
+        if self.p > 1:
+            raise ValueError(f"shift_prob must be a probability in [0, 1], got {p}")
+        if len(images) == 0:
+            raise ValueError("Cannot make a loader over an empty data set (N=0)")
+        if any(len(t) != len(images) for t in others):
+            raise ValueError("RandomShifts: every tensor must have one row per image")
+        self.images, self.others = images, others
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        x = self.images[i]  # (1, H, W)
+        if torch.rand(()) < self.p:
+            x = shift(x, *NEIGHBOURS[int(torch.randint(len(NEIGHBOURS), ()))])
+        return (x, *(t[i] for t in self.others))
 
 
 # --------------------------------------------------------------------------- anomalies
@@ -233,9 +292,7 @@ def anomalies(
         return torch.randint(0, levels, x.shape, generator=generator, device=x.device)
     if kind == "shifted":
         pixels = checks.integer(pixels, "pixels", low=1, high=x.shape[-1] - 1)
-        out = torch.zeros_like(x)
-        out[..., pixels:] = x[..., :-pixels]  # column j + pixels <- column j; 0 enters on the left
-        return out
+        return shift(x, 0, pixels)
     if kind == "inverted":
         return (levels - 1) - x
     if kind == "blank":

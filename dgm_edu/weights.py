@@ -68,6 +68,7 @@ class Recipe:
     chapter: str
     stages: tuple[int, ...] = ()
     seed: int = 0  # the training seed the recipe uses (recorded in the manifest)
+    half: bool = False  # stored in float16 (the size budget); figures measured on those weights
 
 
 def _digits_nll(
@@ -253,12 +254,17 @@ def _text(kind: str) -> Callable:
     return train
 
 
-def _digit_flow(dequantization: str) -> Callable:
+def _digit_flow(dequantization: str, shift_prob: float | None = None) -> Callable:
+    """Chapter 6's recipe; ``shift_prob=0``: without its augmentation (the control)."""
+
     def train(ck, progress):
-        from dgm_edu.digit_flow import train_reference
+        from dgm_edu.digit_flow import REFERENCE_SHIFT_PROB, train_reference
 
         model, hist = train_reference(
-            dequantization=dequantization, checkpoint=ck, progress=progress
+            dequantization=dequantization,
+            checkpoint=ck,
+            progress=progress,
+            shift_prob=REFERENCE_SHIFT_PROB if shift_prob is None else shift_prob,
         )
         return model.eval(), hist
 
@@ -296,19 +302,23 @@ def _toy_denoiser(kind: str) -> Callable:
     return train
 
 
-def _vae_arch(kind: str, seed: int, longer: int = 1) -> Callable:
+def _vae_arch(kind: str, seed: int, longer: int = 1, shift_prob: float | None = None) -> Callable:
     """The reference recipe with another seed (``kind="conv"``) or the fully connected control
     (``kind="mlp"``): chapter 3's MLP-against-ConvNet comparison, at equal optimiser steps
-    (``longer`` > 1: that many times the reference's epochs in full mode, twice in fast mode: the
-    control for a slow learner)."""
+    (``longer`` > 1: that many times the reference's epochs, the control for a slow learner;
+    ``shift_prob=0``: the reference without its augmentation, the control for the shifts)."""
 
     def train(ck, progress):
-        from dgm_edu.runtime import budget
-        from dgm_edu.vae import train_reference
+        from dgm_edu.vae import REFERENCE_SHIFT_PROB, reference_epochs, train_reference
 
-        epochs = None if longer == 1 else budget(fast=2, full=longer) * budget(fast=8, full=60)
+        epochs = None if longer == 1 else longer * reference_epochs()
         return train_reference(
-            checkpoint=ck, progress=progress, seed=seed, kind=kind, epochs=epochs
+            checkpoint=ck,
+            progress=progress,
+            seed=seed,
+            kind=kind,
+            epochs=epochs,
+            shift_prob=REFERENCE_SHIFT_PROB if shift_prob is None else shift_prob,
         )
 
     return train
@@ -455,8 +465,13 @@ RECIPES: dict[str, Recipe] = {
         )
         for name, kind, seed in VAE_ARCH_SEEDS
     },
+    "vae-noshift": Recipe(
+        _vae_arch("conv", 0, shift_prob=0.0),
+        _digits_nll(_vae_k(1000), "IWAE bound, k=1000 (upper bound on the NLL)", _vae_k(50)),
+        "03_vae",
+    ),
     "vae-mlp-long": Recipe(
-        _vae_arch("mlp", 0, longer=10),
+        _vae_arch("mlp", 0, longer=2),
         _digits_nll(_vae_k(1000), "IWAE bound, k=1000 (upper bound on the NLL)", _vae_k(50)),
         "03_vae",
     ),
@@ -482,11 +497,21 @@ RECIPES: dict[str, Recipe] = {
         _pixelcnn(True),
         _digits_nll(_exact, "exact log-likelihood, marginal over the 10 classes"),
         "05_autoregressive",
+        half=True,  # 3.5 MB in float32: the size budget (25 MB for every entry) needs the room
     ),
     "text-rnn": Recipe(_text("rnn"), _text_figures, "05_autoregressive"),
     "text-transformer": Recipe(_text("transformer"), _text_figures, "05_autoregressive"),
     "flows": Recipe(
         _digit_flow("variational"),
+        _digits_nll(
+            _flow_k(16),
+            "variational-dequantization bound, mean of 16 one-sample bounds",
+            _flow_k(4),
+        ),
+        "06_flows",
+    ),
+    "flows-noshift": Recipe(
+        _digit_flow("variational", shift_prob=0.0),
         _digits_nll(
             _flow_k(16),
             "variational-dequantization bound, mean of 16 one-sample bounds",
@@ -760,10 +785,21 @@ def _row(name: str, model: nn.Module, hist: History, rec: Recipe, path: Path, th
     }
 
 
-def _save_state(model: nn.Module, path: Path) -> None:
+@torch.no_grad()
+def round_to_half(model: nn.Module) -> None:
+    """Round every floating-point parameter and buffer to float16 and back, in place: the model
+    then computes exactly what its half-precision file will give when loaded."""
+    for t in model.state_dict().values():
+        if t.is_floating_point():
+            t.copy_(t.half().to(t.dtype))
+
+
+def _save_state(model: nn.Module, path: Path, *, half: bool = False) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if half:  # float16 on disk; load() copies it back into the model's float32 tensors
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
@@ -829,7 +865,9 @@ def build(
                 else (f"{name}@{stop}")
             )
             path = out / f"{entry_name}.safetensors"
-            _save_state(model, path)
+            if rec.half:
+                round_to_half(model)  # the figures below are those of the weights shipped
+            _save_state(model, path, half=rec.half)
             built[entry_name] = _row(entry_name, model, hist, rec, path, threads, wall)
             with open(out / f"{MANIFEST}.lock", "w") as lock:  # builds may run side by side
                 fcntl.flock(lock, fcntl.LOCK_EX)

@@ -18,7 +18,7 @@ RESULT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "anoma
 MODELS = ("autoregressive", "flows", "vae", "diffusion", "rbm", "energy", "independent_pixels")
 KINDS = ("noise", "shifted", "blank", "toys")
 SCORES = ("raw", "ratio", "complexity", "complexity_adaptive")
-FAILS_ON_BLANK = ("autoregressive", "vae", "diffusion", "energy", "independent_pixels")
+FAILS_ON_BLANK = ("autoregressive", "vae", "flows", "diffusion", "energy", "independent_pixels")
 UNSEEN = ("independent_pixels", "vae", "autoregressive", "flows")
 
 
@@ -140,11 +140,11 @@ def test_result_has_every_model_kind_and_score(result):
 def test_recorded_facts(result):
     auc = result["auc"]
     # the failure: independent pixels rate a blank image above every test digit, and the exact
-    # PixelCNN, the VAE, the diffusion bound and the energy rate it above nearly every digit;
-    # the flow and the RBM (binarized images) do not
+    # PixelCNN, the VAE, the flow (since its recipe shifts its training images), the diffusion
+    # bound and the energy rate it above nearly every digit; the RBM (binarized images) does not
     assert auc["independent_pixels"]["blank"]["raw"] == 0.0
     assert all(auc[m]["blank"]["raw"] < 0.1 for m in FAILS_ON_BLANK)
-    assert auc["flows"]["blank"]["raw"] > 0.9 and auc["rbm"]["blank"]["raw"] > 0.9
+    assert auc["rbm"]["blank"]["raw"] > 0.9
     # the complexity correction separates blanks for every model ...
     assert all(auc[m]["blank"]["complexity"] > 0.99 for m in MODELS)
     # ... but mostly by the compressor's own verdict: -L(x) alone flags blanks and misses noise

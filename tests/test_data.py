@@ -193,3 +193,84 @@ def test_anomalies_refuse_what_they_cannot_make():
     with pytest.raises(ValueError) as info:
         data.anomalies(x / 16.0, "inverted")
     assert str(info.value) == str(expected.value)  # the foundation's own message
+
+
+# --------------------------------------------------------------------------- augmentation
+@pytest.mark.parametrize("dy", range(-3, 4))
+@pytest.mark.parametrize("dx", range(-3, 4))
+def test_shift_moves_ink_and_fills_background(dy, dx):
+    x = torch.randint(1, 17, (2, 1, 8, 8))
+    # independently: pad with zeros by 3 on every side, then read the window that starts
+    # dy rows above and dx columns left of the original's position
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (3, 3), (3, 3)))
+    want = padded[..., 3 - dy : 11 - dy, 3 - dx : 11 - dx]
+    assert np.array_equal(data.shift(x, dy, dx).numpy(), want)
+    kept = x[..., max(-dy, 0) : 8 - max(dy, 0), max(-dx, 0) : 8 - max(dx, 0)]
+    assert data.shift(x, dy, dx).sum() == kept.sum()  # ink that leaves is dropped, none added
+
+
+def test_shift_refuses_moves_as_large_as_the_image():
+    with pytest.raises(ValueError, match=r"smaller than the image \(8x8\), got \(8, 0\)"):
+        data.shift(torch.zeros(1, 1, 8, 8), 8, 0)
+
+
+def _which_move(item: torch.Tensor, x: torch.Tensor) -> tuple[int, int]:
+    """The move (dy, dx) that turns x into item, (0, 0) for none (x's moves are all distinct)."""
+    for move in ((0, 0), *data.NEIGHBOURS):
+        if torch.equal(data.shift(x, *move), item):
+            return move
+    raise AssertionError("not a one-pixel move of the image")
+
+
+def test_random_shifts_draw_the_eight_moves_uniformly_with_probability_p():
+    from scipy import stats
+
+    torch.manual_seed(0)
+    x = torch.randint(1, 17, (1, 1, 8, 8))  # no zeros: all nine moves give distinct images
+    assert len({tuple(data.shift(x, *m).flatten().tolist()) for m in data.NEIGHBOURS}) == 8
+    assert sorted(data.NEIGHBOURS) == [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if a or b]
+    label = torch.tensor([7])
+    for p in (0.0, 0.3, 1.0):
+        ds = data.RandomShifts(x, label, p=p)
+        draws = [ds[0] for _ in range(4000)]
+        assert all(y == 7 for _, y in draws)  # labels pass through
+        moves = [_which_move(item, x[0]) for item, _ in draws]
+        moved = [m for m in moves if m != (0, 0)]
+        # the share moved is Binomial(4000, p): within 4 standard deviations
+        assert abs(len(moved) - 4000 * p) <= 4 * math.sqrt(4000 * p * (1 - p)) + 1e-9, p
+        if p > 0:  # and the moves are uniform over the eight neighbours (chi-square)
+            counts = [moved.count(m) for m in data.NEIGHBOURS]
+            assert stats.chisquare(counts).pvalue > 1e-4, counts
+
+
+def test_shifted_loader_is_seeded_and_only_moves_training_images():
+    from dgm_edu.runtime import seed_everything
+
+    def epoch() -> tuple[torch.Tensor, torch.Tensor]:
+        seed_everything(0)
+        dl = data.digits_loader("train", 100, labels=True, shuffle=False, shift_prob=0.5)
+        xs, ys = zip(*dl, strict=True)
+        return torch.cat(xs), torch.cat(ys)
+
+    (x1, y1), (x2, y2) = epoch(), epoch()
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)  # the same seed, the same shifts
+    x, y = data.load_digits("train")
+    assert torch.equal(y1, y)
+    moved = (x1 != x).flatten(1).any(1).float().mean().item()
+    assert 0.4 < moved < 0.6  # about half (an image whose move changes nothing is rare)
+    for i in range(0, 1000, 97):
+        _which_move(x1[i], x[i])  # every image is itself or one of its one-pixel moves
+
+
+@pytest.mark.parametrize(
+    ("p", "error", "message"),
+    [
+        (-0.1, ValueError, "shift_prob must be a finite number >= 0, got -0.1"),
+        (1.5, ValueError, r"shift_prob must be a probability in \[0, 1\], got 1.5"),
+        (float("nan"), ValueError, "shift_prob must be a finite number >= 0"),
+        ("0.5", TypeError, "shift_prob must be a real number, got '0.5'"),
+    ],
+)
+def test_shift_prob_errors_name_the_expectation(p, error, message):
+    with pytest.raises(error, match=message):
+        data.digits_loader("train", 32, shift_prob=p)

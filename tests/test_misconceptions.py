@@ -160,6 +160,7 @@ def test_result_structure(result):
         (n, s) for n in ds["sizes"] for s in ds["seeds"]
     )
     assert {r["steps"] for r in ds["runs"]} == {960}  # equal optimiser steps at every size
+    assert ds["epochs"] * 16 == 960  # epochs of 16 batches of 64 (1000 draws each)
     for family in ("vae_seeds", "gan_seeds"):
         runs = result[family]["runs"]
         assert [r["seed"] for r in runs] == [0, 1, 2, 3, 4] and result[family]["n_samples"] == 1000
@@ -196,7 +197,7 @@ def test_result_facts(result):
     gap = {n: mean("vae_test", n) - mean("vae_train", n) for n in (100, 1000)}
     assert gap[100] > gap[1000] > 0
     gan, vae = result["gan_seeds"]["summary"], result["vae_seeds"]["summary"]
-    assert gan["fid_std"] > 3 * vae["fid_std"] and gan["fid_max"] / gan["fid_min"] > 1.5
+    assert gan["fid_std"] > 2 * vae["fid_std"] and gan["fid_max"] / gan["fid_min"] > 1.5
     assert vae["nll_max"] - vae["nll_min"] < 1.0
 
 

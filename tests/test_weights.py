@@ -313,3 +313,28 @@ def test_side_by_side_build_writes_the_files_of_a_one_job_build(tmp_path, monkey
     assert two["mixture"]["sha256"] == one["mixture"]["sha256"]
     rows = json.loads((tmp_path / "two" / "manifest.json").read_text())["entries"]
     assert set(rows) == {"mixture", "text-rnn"} == set(two)
+
+
+def test_half_precision_entries_load_exactly_what_their_figures_measured():
+    """A ``half=True`` recipe ships float16 tensors; loaded, the model holds exactly those values,
+    which is what :func:`weights.round_to_half` leaves in a trained model before its figures."""
+    from safetensors.torch import load_file
+
+    halves = [n for n in SHIPPED if weights.recipe(n.split("@")[0]).half]
+    assert halves  # the size budget needs at least one
+    for name in halves:
+        stored = load_file(str(weights.weights_dir() / weights.entry(name)["file"]))
+        model = weights.load(name, device="cpu")
+        state = model.state_dict()
+        for key, t in stored.items():
+            if t.is_floating_point():
+                assert t.dtype == torch.float16, (name, key)
+                assert state[key].dtype == torch.float32 and torch.equal(state[key], t.float())
+    net = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1 / 3, 1e-8, 70000.0], [0.1, -2.5, 1 + 2**-12]]))
+    weights.round_to_half(net)
+    # float16 has 10 mantissa bits: 1/3 -> 0.333251953125, 1e-8 -> 0 (below the subnormals'
+    # half step), 70000 -> inf (above 65504), 1 + 2^-12 -> 1 (ties to even)
+    want = torch.tensor([[0.333251953125, 0.0, float("inf")], [0.0999755859375, -2.5, 1.0]])
+    assert torch.equal(net.weight, want)
