@@ -34,6 +34,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ HEADLINE = (
     "mixture", "rbm", "vae", "gan", "autoregressive", "flows", "diffusion", "energy", "vqvae",
     "latent-diffusion",
 )  # fmt: skip
+
+
+# the output folder of the build in progress in this process (None outside build()): see needed()
+_BUILD_OUT: ContextVar[Path | None] = ContextVar("_BUILD_OUT", default=None)
 
 
 class WeightsError(RuntimeError):
@@ -69,6 +74,7 @@ class Recipe:
     stages: tuple[int, ...] = ()
     seed: int = 0  # the training seed the recipe uses (recorded in the manifest)
     half: bool = False  # stored in float16 (the size budget); figures measured on those weights
+    needs: tuple[str, ...] = ()  # entries it is fitted to (see needed): a build makes them first
 
 
 def _digits_nll(
@@ -417,19 +423,16 @@ def _vqvae_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
 
 
 def _latent_diffusion(ck, progress):
-    # the prior is fitted to the latents of the "vae" the current mode gives (the shipped one in
-    # reference mode, the one retrained here in full mode), so the pair always matches
+    # the prior is fitted to the latents of the "vae" it is shipped with (see `needed`)
     from dgm_edu.latent_diffusion import train_latent_diffusion
 
-    vae, _ = obtain("vae")
-    return train_latent_diffusion(vae, checkpoint=ck, progress=progress)
+    return train_latent_diffusion(needed("vae"), checkpoint=ck, progress=progress)
 
 
 def _latent_diffusion_figures(model: nn.Module, full: bool = True) -> dict[str, Any]:
     from dgm_edu.latent_diffusion import digits_figures
 
-    vae, _ = obtain("vae")
-    return digits_figures(vae, model, full)
+    return digits_figures(needed("vae"), model, full)
 
 
 BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -549,7 +552,9 @@ RECIPES: dict[str, Recipe] = {
     "energy-toy": Recipe(_energy_toy, _ring_figures, "08_energy_and_scores"),
     "score-toy": Recipe(_score_toy, _ring_figures, "08_energy_and_scores"),
     "vqvae": Recipe(_vqvae, _vqvae_figures, "09_discrete_latents", stages=VQVAE_STAGES),
-    "latent-diffusion": Recipe(_latent_diffusion, _latent_diffusion_figures, "09_discrete_latents"),
+    "latent-diffusion": Recipe(
+        _latent_diffusion, _latent_diffusion_figures, "09_discrete_latents", needs=("vae",)
+    ),
 }
 
 
@@ -569,9 +574,10 @@ def weights_dir() -> Path:
     return Path(os.environ.get("DGM_EDU_WEIGHTS") or WEIGHTS_DIR)
 
 
-def manifest() -> dict[str, dict[str, Any]]:
-    """Every shipped entry's manifest row, by name (empty when nothing is shipped)."""
-    path = weights_dir() / MANIFEST
+def manifest(root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Every shipped entry's manifest row, by name (empty when nothing is shipped); ``root``: the
+    manifest of another weights folder (a build's output) instead of :func:`weights_dir`'s."""
+    path = (root or weights_dir()) / MANIFEST
     if not path.is_file():
         return {}
     return json.loads(path.read_text())["entries"]
@@ -582,9 +588,9 @@ def names() -> list[str]:
     return sorted(manifest())
 
 
-def entry(name: str) -> dict[str, Any]:
+def entry(name: str, root: Path | None = None) -> dict[str, Any]:
     """The manifest row of ``name``: file, sha256, class, config, recipe, figures, history."""
-    rows = manifest()
+    rows = manifest(root)
     if name not in rows:
         known = ", ".join(sorted(rows)) or "none (run `make weights`)"
         raise WeightsError(f"No shipped weights named {name!r}: expected one of {known}")
@@ -599,9 +605,9 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verified_file(name: str) -> Path:
-    row = entry(name)
-    path = weights_dir() / row["file"]
+def _verified_file(name: str, root: Path | None = None) -> Path:
+    row = entry(name, root)
+    path = (root or weights_dir()) / row["file"]
     if not path.is_file():
         raise WeightsError(
             f"The weights file of {name!r} is missing: expected {path} (reinstall dgm_edu, or "
@@ -615,6 +621,21 @@ def _verified_file(name: str) -> Path:
             f"with `make weights` or reinstall dgm_edu)"
         )
     return path
+
+
+def mismatched_needs() -> None:
+    """Raise if a shipped entry was fitted to another version of an entry it needs (a latent
+    diffusion prior to a VAE rebuilt since): each row records the sha256 of its needs."""
+    rows = manifest()
+    for name, row in rows.items():
+        for need in recipe(name).needs:
+            fitted = row.get("needs", {}).get(need)
+            if need not in rows or fitted != rows[need]["sha256"]:
+                raise WeightsError(
+                    f"{name!r} was fitted to {need!r} with sha256 {str(fitted)[:12]}..., but the "
+                    f"shipped {need!r} is another file: rebuild both "
+                    f"(python -m dgm_edu.weights build {need} {name})"
+                )
 
 
 def _import(qualname: str) -> Any:
@@ -642,14 +663,15 @@ def build_model(row: dict[str, Any]) -> nn.Module:
     return cls(**kwargs)
 
 
-def load(name: str, device: str | torch.device = "auto") -> nn.Module:
-    """The shipped model ``name``, verified against the manifest, in eval mode on ``device``."""
+def load(name: str, device: str | torch.device = "auto", *, root: Path | None = None) -> nn.Module:
+    """The shipped model ``name``, verified against the manifest, in eval mode on ``device``
+    (``root``: from another weights folder, a build's output, instead of :func:`weights_dir`)."""
     from safetensors.torch import load_file
 
     from dgm_edu.train import load_model_state
 
-    path = _verified_file(name)
-    model = build_model(entry(name))
+    path = _verified_file(name, root)
+    model = build_model(entry(name, root))
     load_model_state(model, load_file(str(path)), str(path))
     return model.to(runtime.get_device(device)).eval()
 
@@ -691,6 +713,38 @@ def obtain_stages(name: str, *, progress: bool = False) -> list[tuple[int, nn.Mo
     if runtime.mode() == "reference" and all(s in manifest() for _, s in stages):
         return [(stop, load(s), history(s)) for stop, s in stages]
     return [(s, m.eval(), h) for s, m, h in _train(name, rec, progress)]
+
+
+def needed(name: str) -> nn.Module:
+    """The model ``name`` that another recipe is fitted to (latent diffusion's VAE), in eval mode.
+
+    In a :func:`build`, the entry in the build's output folder, which the build wrote before
+    training the recipes that need it (:attr:`Recipe.needs`), so the pair always matches and the
+    model is not trained twice; a need the build did not make is the shipped one. Elsewhere,
+    :func:`obtain`'s (shipped in reference mode, trained in full and fast mode)."""
+    out = _BUILD_OUT.get()
+    if out is None:
+        return obtain(name)[0]
+    return load(name, device="cpu", root=out if name in manifest(out) else None)
+
+
+def _needs_first(selected: list[str]) -> list[str]:
+    """``selected`` with every recipe after the selected recipes it needs, otherwise in order."""
+    done: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise WeightsError(f"recipes that need each other: {' -> '.join((*path, name))}")
+        if name in done:
+            return
+        for need in recipe(name).needs:
+            visit(need, (*path, name))
+        if name in selected:
+            done.append(name)
+
+    for name in selected:
+        visit(name, ())
+    return done
 
 
 def stage_names(name: str) -> list[tuple[int, str]]:
@@ -781,8 +835,15 @@ def _row(name: str, model: nn.Module, hist: History, rec: Recipe, path: Path, th
         "best_val_loss": None if hist.best_val == float("inf") else round(hist.best_val, 4),
         "figures": figures,
         "eval_seconds": round(time.perf_counter() - t0, 1),
+        "needs": {need: _shipped_with(need) for need in rec.needs},  # the sha256 of each
         "history": dataclasses.asdict(hist),
     }
+
+
+def _shipped_with(need: str) -> str:
+    """The sha256 of the entry ``need`` that :func:`needed` gives in the build in progress."""
+    out = _BUILD_OUT.get()
+    return entry(need, out if out is not None and need in manifest(out) else None)["sha256"]
 
 
 @torch.no_grad()
@@ -846,11 +907,28 @@ def build(
         )
     out = Path(out) if out is not None else weights_dir()
     selected = list(selected or RECIPES)
-    for name in selected:
-        recipe(name)  # an unknown name is refused before anything trains
+    for name in selected:  # an unknown name, or a need nowhere to be found, is refused first
+        for need in recipe(name).needs:
+            if need not in selected and need not in manifest(out) and need not in manifest():
+                raise WeightsError(
+                    f"{name!r} is fitted to {need!r}, which is neither shipped nor in {out}: "
+                    f"build both (python -m dgm_edu.weights build {need} {name})"
+                )
+    selected = _needs_first(selected)
     if checks.integer(jobs, "jobs", low=1) > 1:
         return _build_side_by_side(selected, out, threads, jobs)
     torch.set_num_threads(threads)
+    token = _BUILD_OUT.set(out)  # needed() loads from here
+    try:
+        return _build_each(selected, out, threads, progress)
+    finally:
+        _BUILD_OUT.reset(token)
+
+
+def _build_each(
+    selected: list[str], out: Path, threads: int, progress: bool
+) -> dict[str, dict[str, Any]]:
+    """:func:`build`'s loop, one recipe after the other, in this process."""
     built: dict[str, dict[str, Any]] = {}
     for name in selected:
         rec = recipe(name)
@@ -916,7 +994,7 @@ def _build_side_by_side(
     selected: list[str], out: Path, threads: int, jobs: int
 ) -> dict[str, dict[str, Any]]:
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from tqdm.auto import tqdm
 
@@ -928,12 +1006,20 @@ def _build_side_by_side(
         ProcessPoolExecutor(jobs, mp_context=spawn) as pool,
         tqdm(total=len(order), desc=f"weights ({jobs} jobs)", unit="recipe") as bar,
     ):
-        futures = [pool.submit(_build_one, name, out, threads) for name in order]
-        for future in as_completed(futures):
-            name, rows, seconds = future.result()
-            built.update(rows)
-            bar.write(f"{name}: {seconds:.0f} s")
-            bar.update()
+        finished: set[str] = set()
+        running: set[Any] = set()
+        while order or running:
+            # a recipe starts once every selected recipe it needs has finished
+            for name in _ready(order, selected, finished)[: jobs - len(running)]:
+                order.remove(name)
+                running.add(pool.submit(_build_one, name, out, threads))
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name, rows, seconds = future.result()
+                finished.add(name)
+                built.update(rows)
+                bar.write(f"{name}: {seconds:.0f} s")
+                bar.update()
     wall = time.perf_counter() - t0
     print(
         f"{len(order)} recipes, {len(built)} entries in {wall:.0f} s wall with {jobs} jobs "
@@ -942,6 +1028,15 @@ def _build_side_by_side(
         flush=True,
     )
     return built
+
+
+def _ready(order: list[str], selected: list[str], finished: set[str]) -> list[str]:
+    """The recipes of ``order`` (in its order) whose selected needs are all ``finished``."""
+    return [
+        name
+        for name in order
+        if all(need in finished or need not in selected for need in recipe(name).needs)
+    ]
 
 
 def refigure(selected: list[str], *, out: Path | None = None) -> dict[str, dict[str, Any]]:
@@ -972,6 +1067,7 @@ def _main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
     b.add_argument("--jobs", type=int, default=1, help="recipes trained side by side")
     b.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    b.add_argument("--out", type=Path, help="write here, not to the shipped folder (a rehearsal)")
     f = sub.add_parser("figures", help="re-measure shipped entries' figures (weights unchanged)")
     f.add_argument("names", nargs="+", help="shipped entries to measure again")
     sub.add_parser("list", help="the shipped entries and their figures")
@@ -980,6 +1076,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         build(
             args.names or None,
+            out=args.out,
             threads=args.threads,
             jobs=args.jobs,
             progress=not args.no_progress,
@@ -992,6 +1089,7 @@ def _main(argv: list[str] | None = None) -> int:
     else:
         for name in names():
             _verified_file(name)
+        mismatched_needs()
         total = sum(r["bytes"] for r in manifest().values())
         print(f"{len(names())} entries verified, {total / 1e6:.2f} MB")
     return 0

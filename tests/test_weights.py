@@ -338,3 +338,84 @@ def test_half_precision_entries_load_exactly_what_their_figures_measured():
     # half step), 70000 -> inf (above 65504), 1 + 2^-12 -> 1 (ties to even)
     want = torch.tensor([[0.333251953125, 0.0, float("inf")], [0.0999755859375, -2.5, 1.0]])
     assert torch.equal(net.weight, want)
+
+
+# ---------------------------------------------------------------- recipes fitted to others
+def _fitted_to_mixture(ck, progress):
+    """A recipe that ships the model :func:`weights.needed` hands it (the mixture)."""
+    from dgm_edu.train import History
+
+    return weights.needed("mixture"), History()
+
+
+@pytest.fixture
+def child_recipe(monkeypatch):
+    """``child`` needs ``mixture``, ``loop`` and ``knot`` need each other."""
+    figures = lambda model, full=True: {}  # noqa: E731
+    extra = {
+        "child": weights.Recipe(_fitted_to_mixture, figures, "01_introduction", needs=("mixture",)),
+        "loop": weights.Recipe(_fitted_to_mixture, figures, "01_introduction", needs=("knot",)),
+        "knot": weights.Recipe(_fitted_to_mixture, figures, "01_introduction", needs=("loop",)),
+    }
+    monkeypatch.setattr(weights, "RECIPES", {**weights.RECIPES, **extra})
+
+
+def test_a_recipe_is_built_after_the_recipes_it_needs(child_recipe):
+    assert weights._needs_first(["child", "rbm", "mixture"]) == ["mixture", "child", "rbm"]
+    assert weights._needs_first(["child", "rbm"]) == ["child", "rbm"]  # mixture: the shipped one
+    assert weights._needs_first(["latent-diffusion", "vae"]) == ["vae", "latent-diffusion"]
+    with pytest.raises(weights.WeightsError, match="need each other: loop -> knot -> loop"):
+        weights._needs_first(["loop"])
+    # side by side: a recipe waits for the selected recipes it needs, not for shipped ones
+    order, selected = ["child", "rbm"], ["child", "rbm", "mixture"]
+    assert weights._ready(order, selected, set()) == ["rbm"]
+    assert weights._ready(order, selected, {"mixture"}) == ["child", "rbm"]
+    assert weights._ready(["child"], ["child"], set()) == ["child"]
+
+
+def test_a_build_fits_a_recipe_to_the_entry_it_just_built(child_recipe, tmp_path, monkeypatch):
+    """latent-diffusion is fitted to the VAE its build wrote (not to one trained a second time),
+    and records that file's sha256, which ``verify`` (:func:`weights.mismatched_needs`) checks
+    against the shipped one."""
+    monkeypatch.delenv("DGM_EDU_FAST", raising=False)
+    monkeypatch.setenv("DGM_EDU_MODE", "full")
+    monkeypatch.setenv("DGM_EDU_CHECKPOINTS", str(tmp_path / "ck"))
+    out = tmp_path / "w"
+    threads = torch.get_num_threads()
+    try:
+        built = weights.build(["child", "mixture"], out=out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(built) == ["mixture", "child"]
+    mixture_sha = weights.sha256_of(out / "mixture.safetensors")
+    assert built["child"]["needs"] == {"mixture": mixture_sha}
+    # the child ships the very model the build wrote for "mixture" (a retrained one would differ
+    # from it only if training were not deterministic: so compare with the file's tensors too)
+    ours = weights.load("mixture", device="cpu", root=out).state_dict()
+    theirs = weights.load("child", device="cpu", root=out).state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert weights._BUILD_OUT.get() is None  # the build's folder is forgotten after it
+
+    # verify: a pair whose need was rebuilt since is refused
+    monkeypatch.setenv("DGM_EDU_WEIGHTS", str(out))
+    weights.mismatched_needs()
+    rows = json.loads((out / weights.MANIFEST).read_text())
+    rows["entries"]["child"]["needs"]["mixture"] = "0" * 64
+    (out / weights.MANIFEST).write_text(json.dumps(rows))
+    with pytest.raises(
+        weights.WeightsError, match="'child' was fitted to 'mixture' with sha256 000"
+    ):
+        weights.mismatched_needs()
+
+
+def test_a_build_refuses_a_recipe_whose_need_is_nowhere(child_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("DGM_EDU_MODE", "full")
+    monkeypatch.setenv("DGM_EDU_WEIGHTS", str(tmp_path / "empty"))  # nothing shipped
+    with pytest.raises(weights.WeightsError, match="build both .*build mixture child"):
+        weights.build(["child"], out=tmp_path / "w", progress=False)
+    assert not (tmp_path / "w").exists()  # refused before anything trained
+
+
+def test_shipped_entries_were_fitted_to_the_entries_shipped_with_them():
+    weights.mismatched_needs()
+    assert weights.entry("latent-diffusion")["needs"] == {"vae": weights.entry("vae")["sha256"]}
