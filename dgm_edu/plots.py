@@ -102,14 +102,26 @@ def training_curves(
     ax: Axes | None = None,
     title: str | None = None,
     ylabel: str = "loss",
+    raw: bool = False,
 ) -> Axes:
-    """Plot ``history.train_loss`` and ``history.val_loss`` (a :class:`dgm_edu.train.History`)."""
+    """Plot ``history.train_loss`` and ``history.val_loss`` (a :class:`dgm_edu.train.History`).
+
+    ``raw=True``, for a run that averaged its weights (``fit(ema=d)``, whose ``val_loss`` is the
+    average's): also the raw weights' validation loss, ``history.logs["val_loss_raw"]``."""
     ax = _axes(ax, figsize=(5, 3.5))
     train = getattr(history, "train_loss", [])
     val = getattr(history, "val_loss", [])
     ax.plot(range(1, len(train) + 1), train, label="train")
+    if raw:
+        raw_val = getattr(history, "logs", {}).get("val_loss_raw")
+        if not raw_val:
+            raise ValueError(
+                "raw=True plots history.logs['val_loss_raw'], which only a run trained with "
+                "fit(ema=...) and a validation set records; this history has none"
+            )
+        ax.plot(range(1, len(raw_val) + 1), raw_val, color="0.6", label="validation, raw weights")
     if val:
-        ax.plot(range(1, len(val) + 1), val, label="validation")
+        ax.plot(range(1, len(val) + 1), val, label="validation" + (", averaged" if raw else ""))
         best = int(np.argmin(val))
         ax.axvline(best + 1, color="gray", ls=":", lw=1, label=f"best (epoch {best + 1})")
     ax.set_xlabel("epoch")

@@ -43,6 +43,18 @@ def test_training_curves_and_scatter():
     plt.close("all")
 
 
+def test_training_curves_can_show_the_raw_weights_of_an_averaged_run():
+    h = History(train_loss=[3.0, 2.0], val_loss=[3.4, 2.5], logs={"val_loss_raw": [3.1, 2.7]})
+    lines = plots.training_curves(h, raw=True).get_lines()
+    labels = [line.get_label() for line in lines]
+    assert labels[:3] == ["train", "validation, raw weights", "validation, averaged"]
+    np.testing.assert_array_equal(lines[1].get_ydata(), [3.1, 2.7])
+    np.testing.assert_array_equal(lines[2].get_ydata(), [3.4, 2.5])
+    with pytest.raises(ValueError, match="fit\\(ema=...\\)"):
+        plots.training_curves(History(train_loss=[1.0], val_loss=[1.0]), raw=True)
+    plt.close("all")
+
+
 def _frames(html: str) -> list[str]:
     """The embedded PNG frames of a to_jshtml player, in order."""
     import re
